@@ -1,0 +1,331 @@
+"""A BERT-family encoder (BERT, XLM-RoBERTa) that accepts L0 masks and can be physically pruned.
+
+Module and parameter names are exactly HF's (``embeddings.word_embeddings``,
+``encoder.layer.N.attention.self.query``, ...), so an HF state dict loads with no missing or
+unexpected keys and export is an identity mapping of names. Each layer keeps its own number of heads
+and intermediate units, so a pruned model is just this module with narrower Linear layers.
+
+Masks (LLM-Shearing's names):
+  * ``head_z`` [L, H]: scales each head's context vector before ``attention.output.dense``;
+  * ``intermediate_z`` [L, I]: scales the activations before ``output.dense``;
+  * ``layer_z`` [L]: BERT/XLM-R are post-LayerNorm, so a layer is mixed with its input,
+    ``z * layer(x) + (1 - z) * x``; z = 0 is an exact identity and the layer can be dropped.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+
+from ..shapes import EncoderShape
+
+MaskRows = torch.Tensor | Sequence[torch.Tensor] | None
+
+
+class Embeddings(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm, dropout (BERT and XLM-R flavours)."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        # XLM-RoBERTa numbers positions from padding_idx + 1 and gives padding the padding position.
+        self.roberta_positions = "roberta" in config.model_type
+        self.padding_idx = config.pad_token_id
+
+    def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.roberta_positions:
+            not_pad = input_ids.ne(self.padding_idx).int()
+            return (torch.cumsum(not_pad, dim=1) * not_pad).long() + self.padding_idx
+        return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = (self.word_embeddings(input_ids)
+             + self.position_embeddings(self.position_ids(input_ids))
+             + self.token_type_embeddings(token_type_ids))
+        return self.dropout(self.LayerNorm(x))
+
+
+class SelfAttention(nn.Module):
+    """Q/K/V projections for ``num_heads`` heads of ``head_dim`` each; SDPA; optional head mask."""
+
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.query = nn.Linear(hidden_size, num_heads * head_dim)
+        self.key = nn.Linear(hidden_size, num_heads * head_dim)
+        self.value = nn.Linear(hidden_size, num_heads * head_dim)
+        self.dropout_p = dropout
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, head_z: torch.Tensor | None) -> torch.Tensor:
+        b, t, _ = x.shape
+        if self.num_heads == 0:
+            return x.new_zeros(b, t, 0)
+
+        def split(proj: nn.Linear) -> torch.Tensor:
+            return proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+        ctx = F.scaled_dot_product_attention(
+            split(self.query), split(self.key), split(self.value),
+            attn_mask=attn_mask, dropout_p=self.dropout_p if self.training else 0.0)
+        if head_z is not None:
+            ctx = ctx * head_z.to(ctx.dtype).view(1, -1, 1, 1)
+        return ctx.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
+
+
+class SelfOutput(nn.Module):
+    """``dense`` (heads -> hidden), dropout, residual, post-LayerNorm."""
+
+    def __init__(self, in_features: int, hidden_size: int, eps: float, dropout: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_features, hidden_size)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, config: Any) -> None:
+        super().__init__()
+        self.self = SelfAttention(hidden_size, num_heads, head_dim, config.attention_probs_dropout_prob)
+        self.output = SelfOutput(num_heads * head_dim, hidden_size, config.layer_norm_eps, config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, head_z: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.self(x, attn_mask, head_z), x)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, intermediate_size)
+        self.intermediate_act_fn = ACT2FN[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(x))
+
+
+class Layer(nn.Module):
+    def __init__(self, config: Any, num_heads: int, head_dim: int, intermediate_size: int) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.attention = Attention(d, num_heads, head_dim, config)
+        self.intermediate = Intermediate(d, intermediate_size, config.hidden_act)
+        self.output = SelfOutput(intermediate_size, d, config.layer_norm_eps, config.hidden_dropout_prob)
+
+    @property
+    def num_heads(self) -> int:
+        return self.attention.self.num_heads
+
+    @property
+    def intermediate_size(self) -> int:
+        return self.intermediate.dense.out_features
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, head_z: torch.Tensor | None = None,
+                intermediate_z: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.attention(x, attn_mask, head_z)
+        h = self.intermediate(a)
+        if intermediate_z is not None:
+            h = h * intermediate_z.to(h.dtype)
+        return self.output(h, a)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: Any, shape: EncoderShape) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(
+            Layer(config, h, shape.head_dim, i) for h, i in zip(shape.heads_per_layer, shape.intermediate_per_layer))
+
+
+class Pooler(nn.Module):
+    """HF's pooler (tanh(dense(CLS))): kept so checkpoints and exports map one-to-one; BGE-M3 does not use it."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden[:, 0]))
+
+
+def _row(z: MaskRows, i: int) -> torch.Tensor | None:
+    return None if z is None else z[i]
+
+
+class MaskedBGEM3Backbone(nn.Module):
+    """BERT-family encoder with L0 masks in forward and ``prune_params`` for physical pruning."""
+
+    def __init__(self, config: Any, shape: EncoderShape | None = None) -> None:
+        super().__init__()
+        self.config = config
+        shape = shape or EncoderShape.from_hf_config(config, has_pooler=True)
+        self.head_dim = shape.head_dim
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config, shape)
+        self.pooler = Pooler(config.hidden_size) if shape.has_pooler else None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_hf_model(cls, hf_model: nn.Module) -> "MaskedBGEM3Backbone":
+        """Copy an HF ``BertModel``/``XLMRobertaModel`` (or a pruned export) into a masked backbone.
+
+        Raises if any key is missing or unexpected: a silent partial load is how models get
+        re-initialised without anyone noticing.
+        """
+        config = hf_model.config
+        has_pooler = getattr(hf_model, "pooler", None) is not None
+        model = cls(config, EncoderShape.from_hf_config(config, has_pooler=has_pooler))
+        state = {k: v for k, v in hf_model.state_dict().items() if not _is_buffer_key(k)}
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise RuntimeError(f"HF state dict does not match the masked backbone: missing={result.missing_keys} "
+                               f"unexpected={result.unexpected_keys}")
+        return model
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> "MaskedBGEM3Backbone":
+        """Load a BERT-family checkpoint (hub id or local directory) through ``transformers.AutoModel``."""
+        from transformers import AutoModel
+
+        hf_model = AutoModel.from_pretrained(name_or_path, **kwargs)
+        return cls.from_hf_model(hf_model)
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def shape(self) -> EncoderShape:
+        return EncoderShape(
+            hidden_size=self.config.hidden_size,
+            head_dim=self.head_dim,
+            heads_per_layer=tuple(layer.num_heads for layer in self.encoder.layer),
+            intermediate_per_layer=tuple(layer.intermediate_size for layer in self.encoder.layer),
+            vocab_size=self.embeddings.word_embeddings.num_embeddings,
+            max_position_embeddings=self.embeddings.position_embeddings.num_embeddings,
+            type_vocab_size=self.embeddings.token_type_embeddings.num_embeddings,
+            has_pooler=self.pooler is not None,
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        head_z: MaskRows = None,
+        intermediate_z: MaskRows = None,
+        layer_z: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Return ``last_hidden_state`` [B, T, d] (and every layer's output if asked)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        # SDPA boolean mask, broadcast over heads and query positions: True = attend.
+        attn_mask = attention_mask.bool()[:, None, None, :]
+        x = self.embeddings(input_ids, token_type_ids)
+        hidden_states = [x]
+        for i, layer in enumerate(self.encoder.layer):
+            y = layer(x, attn_mask, _row(head_z, i), _row(intermediate_z, i))
+            if layer_z is not None:
+                z = layer_z[i].to(y.dtype)
+                y = z * y + (1 - z) * x
+            x = y
+            hidden_states.append(x)
+        return (x, hidden_states) if output_hidden_states else x
+
+    # ------------------------------------------------------------------ physical pruning
+    @torch.no_grad()
+    def prune_params(self, zs: Mapping[str, Any]) -> dict[str, Any]:
+        """Remove masked-out heads, intermediate units and layers; fold kept mask values into weights.
+
+        ``zs`` holds deterministic masks (``head_z``, ``intermediate_z``, ``layer_z``; any may be
+        absent). After this call the plain forward equals the masked forward with these masks.
+        Layer mask values must be exactly 0 or 1: in a post-LN layer ``z*layer(x) + (1-z)*x`` cannot
+        be folded into weights for 0 < z < 1 (the L0 module's deterministic layer mask is binary).
+        Returns what was kept: ``{"kept_layers": [...], "kept_heads": [[...], ...]}`` (base indices).
+        """
+        layers = list(self.encoder.layer)
+        n = len(layers)
+        head_z, int_z, layer_z = zs.get("head_z"), zs.get("intermediate_z"), zs.get("layer_z")
+        _check_rows(head_z, n, [layer.num_heads for layer in layers], "head_z")
+        _check_rows(int_z, n, [layer.intermediate_size for layer in layers], "intermediate_z")
+        if layer_z is not None:
+            layer_z = torch.as_tensor(layer_z).float().flatten()
+            if layer_z.numel() != n:
+                raise ValueError(f"layer_z has {layer_z.numel()} entries, the model has {n} layers")
+            bad = [v for v in layer_z.tolist() if v not in (0.0, 1.0)]
+            if bad:
+                raise ValueError(f"layer_z must be 0 or 1 to prune a post-LayerNorm layer; got values {bad}")
+
+        kept_layers, kept_heads, new_layers = [], [], []
+        for i, layer in enumerate(layers):
+            if layer_z is not None and layer_z[i] == 0:
+                continue
+            heads = _prune_heads(layer, None if head_z is None else torch.as_tensor(head_z[i]).float())
+            if int_z is not None:
+                _prune_intermediate(layer, torch.as_tensor(int_z[i]).float())
+            kept_layers.append(i)
+            kept_heads.append(heads)
+            new_layers.append(layer)
+        self.encoder.layer = nn.ModuleList(new_layers)
+        return {"kept_layers": kept_layers, "kept_heads": kept_heads}
+
+
+def _is_buffer_key(key: str) -> bool:
+    # HF registers position_ids / token_type_ids as (non-persistent) buffers in some versions.
+    return key.endswith("embeddings.position_ids") or key.endswith("embeddings.token_type_ids")
+
+
+def _check_rows(z: MaskRows, n_layers: int, widths: list[int], name: str) -> None:
+    if z is None:
+        return
+    if len(z) != n_layers:
+        raise ValueError(f"{name} has {len(z)} rows, the model has {n_layers} layers")
+    for i, (row, width) in enumerate(zip(z, widths)):
+        if torch.as_tensor(row).numel() != width:
+            raise ValueError(f"{name}[{i}] has {torch.as_tensor(row).numel()} entries, layer {i} has {width}")
+
+
+def _select_linear(linear: nn.Linear, index: torch.Tensor, dim: int, scale: torch.Tensor | None = None) -> nn.Linear:
+    """A new Linear keeping ``index`` along ``dim`` (0 = output rows, 1 = input columns)."""
+    weight = linear.weight.index_select(dim, index).clone()
+    if scale is not None:  # fold mask values into the input columns
+        weight = weight * scale.to(weight.dtype).unsqueeze(0)
+    bias = linear.bias
+    if dim == 0:
+        bias = bias.index_select(0, index)
+    new = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+    new.weight.copy_(weight)
+    new.bias.copy_(bias)
+    return new
+
+
+def _prune_heads(layer: Layer, z: torch.Tensor | None) -> list[int]:
+    attn = layer.attention.self
+    if z is None:
+        return list(range(attn.num_heads))
+    dh = attn.head_dim
+    keep = torch.nonzero(z != 0).flatten()
+    dims = (keep.unsqueeze(1) * dh + torch.arange(dh)).flatten().to(attn.query.weight.device)
+    for name in ("query", "key", "value"):
+        setattr(attn, name, _select_linear(getattr(attn, name), dims, dim=0))
+    scale = z[keep].repeat_interleave(dh)
+    out = layer.attention.output
+    out.dense = _select_linear(out.dense, dims, dim=1, scale=scale.to(dims.device))
+    attn.num_heads = int(keep.numel())
+    return keep.tolist()
+
+
+def _prune_intermediate(layer: Layer, z: torch.Tensor) -> None:
+    keep = torch.nonzero(z != 0).flatten().to(layer.intermediate.dense.weight.device)
+    layer.intermediate.dense = _select_linear(layer.intermediate.dense, keep, dim=0)
+    layer.output.dense = _select_linear(layer.output.dense, keep, dim=1, scale=z.to(keep.device)[keep])

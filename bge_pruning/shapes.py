@@ -1,0 +1,163 @@
+"""Encoder shapes and parameter accounting: the one source of truth for parameter counts.
+
+Everything that counts parameters (the L0 module's expected size, the target configs, pruning_info.json,
+benchmarks) goes through this module, so a count can never disagree with ``sum(p.numel())``.
+
+A BERT-family encoder layer (BERT, XLM-RoBERTa) is, with d = hidden size and dh = head size:
+
+* per attention head: Q, K, V rows (3·d·dh weights + 3·dh biases) and the head's d·dh columns of
+  ``attention.output.dense``;
+* per intermediate unit: one row of ``intermediate.dense`` (d weights + 1 bias) and one column of
+  ``output.dense`` (d weights);
+* per layer, whatever its width: ``attention.output.dense.bias``, ``output.dense.bias`` and two
+  LayerNorms (weight + bias each) = 6·d.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def params_per_head(hidden_size: int, head_dim: int) -> int:
+    """Parameters that belong to one attention head (removed with it)."""
+    return 4 * hidden_size * head_dim + 3 * head_dim
+
+
+def params_per_intermediate_unit(hidden_size: int) -> int:
+    """Parameters that belong to one intermediate (FFN) unit (removed with it)."""
+    return 2 * hidden_size + 1
+
+
+def params_per_layer_fixed(hidden_size: int) -> int:
+    """Parameters of a layer that no head or unit owns: two output biases and two LayerNorms."""
+    return 6 * hidden_size
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """Dimensions of a BERT-family encoder; per-layer widths allow non-uniformly pruned models."""
+
+    hidden_size: int
+    head_dim: int
+    heads_per_layer: tuple[int, ...]
+    intermediate_per_layer: tuple[int, ...]
+    vocab_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    has_pooler: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads_per_layer", tuple(int(h) for h in self.heads_per_layer))
+        object.__setattr__(self, "intermediate_per_layer", tuple(int(i) for i in self.intermediate_per_layer))
+        if len(self.heads_per_layer) != len(self.intermediate_per_layer):
+            raise ValueError("heads_per_layer and intermediate_per_layer must have one entry per layer")
+
+    @classmethod
+    def uniform(
+        cls,
+        n_layers: int,
+        n_heads: int,
+        hidden_size: int,
+        intermediate_size: int,
+        vocab_size: int,
+        max_position_embeddings: int,
+        type_vocab_size: int,
+        head_dim: int | None = None,
+        has_pooler: bool = True,
+    ) -> "EncoderShape":
+        return cls(
+            hidden_size=hidden_size,
+            head_dim=head_dim if head_dim is not None else hidden_size // n_heads,
+            heads_per_layer=(n_heads,) * n_layers,
+            intermediate_per_layer=(intermediate_size,) * n_layers,
+            vocab_size=vocab_size,
+            max_position_embeddings=max_position_embeddings,
+            type_vocab_size=type_vocab_size,
+            has_pooler=has_pooler,
+        )
+
+    @classmethod
+    def from_hf_config(cls, config: Any, has_pooler: bool = True) -> "EncoderShape":
+        """Shape of a stock or pruned HF config (pruned configs carry per-layer widths)."""
+        n_layers = config.num_hidden_layers
+        head_dim = getattr(config, "attention_head_size", None) or config.hidden_size // config.num_attention_heads
+        heads = getattr(config, "heads_per_layer", None) or [config.num_attention_heads] * n_layers
+        inter = getattr(config, "intermediate_per_layer", None) or [config.intermediate_size] * n_layers
+        return cls(
+            hidden_size=config.hidden_size,
+            head_dim=head_dim,
+            heads_per_layer=tuple(heads),
+            intermediate_per_layer=tuple(inter),
+            vocab_size=config.vocab_size,
+            max_position_embeddings=config.max_position_embeddings,
+            type_vocab_size=config.type_vocab_size,
+            has_pooler=has_pooler,
+        )
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.heads_per_layer)
+
+    @property
+    def is_uniform(self) -> bool:
+        return len(set(self.heads_per_layer)) <= 1 and len(set(self.intermediate_per_layer)) <= 1
+
+    def with_target(self, n_layers: int, n_heads: int, intermediate_size: int) -> "EncoderShape":
+        """The uniform shape this encoder is pruned to (same hidden size, head size, vocabulary)."""
+        return EncoderShape(
+            hidden_size=self.hidden_size,
+            head_dim=self.head_dim,
+            heads_per_layer=(n_heads,) * n_layers,
+            intermediate_per_layer=(intermediate_size,) * n_layers,
+            vocab_size=self.vocab_size,
+            max_position_embeddings=self.max_position_embeddings,
+            type_vocab_size=self.type_vocab_size,
+            has_pooler=self.has_pooler,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_layers": self.n_layers,
+            "hidden_size": self.hidden_size,
+            "head_dim": self.head_dim,
+            "heads_per_layer": list(self.heads_per_layer),
+            "intermediate_per_layer": list(self.intermediate_per_layer),
+        }
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    embeddings: int
+    encoder_layers: int
+    pooler: int
+    total: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "total", self.embeddings + self.encoder_layers + self.pooler)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"embeddings": self.embeddings, "encoder_layers": self.encoder_layers,
+                "pooler": self.pooler, "total": self.total}
+
+
+def layer_params(hidden_size: int, head_dim: int, n_heads: int, intermediate_size: int) -> int:
+    """Parameters of one encoder layer with the given width."""
+    return (n_heads * params_per_head(hidden_size, head_dim)
+            + intermediate_size * params_per_intermediate_unit(hidden_size)
+            + params_per_layer_fixed(hidden_size))
+
+
+def count_params(shape: EncoderShape) -> ParamCount:
+    """Exact parameter count of an encoder of this shape (embeddings, encoder layers, pooler)."""
+    d = shape.hidden_size
+    embeddings = (shape.vocab_size + shape.max_position_embeddings + shape.type_vocab_size) * d + 2 * d
+    encoder = sum(layer_params(d, shape.head_dim, h, i)
+                  for h, i in zip(shape.heads_per_layer, shape.intermediate_per_layer))
+    pooler = d * d + d if shape.has_pooler else 0
+    return ParamCount(embeddings=embeddings, encoder_layers=encoder, pooler=pooler)
+
+
+def kept_share(base: EncoderShape, pruned: EncoderShape) -> float:
+    """Share of the base model's encoder-layer parameters that the pruned shape keeps."""
+    return count_params(pruned).encoder_layers / count_params(base).encoder_layers
+

@@ -1,0 +1,68 @@
+"""Tiny random XLM-RoBERTa models with a tokenizer trained here, so the XLM-R path is tested offline."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+WORDS = ("the a an one two cat dog bird fish man woman child people car bus train plane city river house "
+         "street park is are was were runs walks sits eats plays reads sings jumps swims drives flies "
+         "quickly slowly happily red blue green small big old new on in under near with from to and but "
+         "not very music book food water ball game school market photo picture guitar piano beach snow "
+         "der die das und ein eine le la les et un une el los y una casa perro gato").split()
+
+
+def corpus(n: int = 400, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "." for _ in range(n)]
+
+
+def train_xlmr_tokenizer(out_dir: Path, vocab_size: int = 300):
+    """A SentencePiece-style Unigram tokenizer with XLM-R's special tokens and ids (<s>=0, <pad>=1, </s>=2, <unk>=3)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import XLMRobertaTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
+    tok.train_from_iterator(corpus(), trainer)
+    tok.add_special_tokens(["<mask>"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)])
+    fast = XLMRobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                   cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+                                   model_max_length=128)
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def build_tiny_xlmr(out_dir: Path, n_layers: int = 4, n_heads: int = 4, hidden: int = 32,
+                    intermediate: int = 64, seed: int = 0, bge_m3_heads: bool = False) -> Path:
+    """Save a random tiny XLMRobertaModel + trained tokenizer (+ BGE-M3 head files) to ``out_dir``."""
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_xlmr_tokenizer(out_dir)
+    torch.manual_seed(seed)
+    config = XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=n_layers,
+                              num_attention_heads=n_heads, intermediate_size=intermediate,
+                              max_position_embeddings=130, type_vocab_size=1, pad_token_id=1,
+                              bos_token_id=0, eos_token_id=2)
+    model = XLMRobertaModel(config)
+    # Random init has tiny LayerNorm-free differences between layers; perturb LayerNorms too so that
+    # tests exercise every parameter.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(out_dir)
+    if bge_m3_heads:
+        torch.save(torch.nn.Linear(hidden, 1).state_dict(), out_dir / "sparse_linear.pt")
+        torch.save(torch.nn.Linear(hidden, hidden).state_dict(), out_dir / "colbert_linear.pt")
+    return out_dir
