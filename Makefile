@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM ?= false
 $(STAMP): requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -r requirements.txt
-	$(VENV)/bin/pip install --no-deps --no-build-isolation -e .
+	$(VENV)/bin/pip install --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)

