@@ -2,6 +2,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Exports with custom modeling code are imported through HF's module cache: keep it out of ~/.cache.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="hf_modules_"))
 
 from pathlib import Path  # noqa: E402
 

@@ -106,7 +106,9 @@ def colbert_pair_score(q_vecs: torch.Tensor, p_vecs: torch.Tensor) -> float:
 
 
 def special_token_ids(tokenizer) -> list[int]:
-    """Token ids excluded from lexical weights: CLS/BOS, EOS/SEP, PAD, UNK (as FlagEmbedding)."""
-    ids = {tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.sep_token_id,
-           tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.bos_token_id}
+    """Token ids excluded from lexical weights: CLS, EOS, PAD, UNK, exactly FlagEmbedding's set.
+
+    For BERT tokenizers (no EOS) FlagEmbedding keeps [SEP] in the weights; so do we, to stay comparable.
+    """
+    ids = {tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id}
     return sorted(i for i in ids if i is not None)

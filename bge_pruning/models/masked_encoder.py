@@ -13,6 +13,7 @@ Masks (LLM-Shearing's names):
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -143,8 +144,10 @@ class Layer(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, config: Any, shape: EncoderShape) -> None:
         super().__init__()
-        self.layer = nn.ModuleList(
-            Layer(config, h, shape.head_dim, i) for h, i in zip(shape.heads_per_layer, shape.intermediate_per_layer))
+        with warnings.catch_warnings():  # a layer pruned to 0 heads/units has 0-row Linears; torch warns on init
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            self.layer = nn.ModuleList(Layer(config, h, shape.head_dim, i)
+                                       for h, i in zip(shape.heads_per_layer, shape.intermediate_per_layer))
 
 
 class Pooler(nn.Module):
@@ -303,7 +306,9 @@ def _select_linear(linear: nn.Linear, index: torch.Tensor, dim: int, scale: torc
     bias = linear.bias
     if dim == 0:
         bias = bias.index_select(0, index)
-    new = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+    with warnings.catch_warnings():  # 0 kept rows/columns is legal (a layer pruned to no heads)
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        new = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
     new.weight.copy_(weight)
     new.bias.copy_(bias)
     return new

@@ -1,0 +1,77 @@
+"""Checks an export must pass before it is moved into place (each failure names the check and the numbers)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+
+class ExportError(RuntimeError):
+    """An export could not be written or failed a check; the message says which check and why.
+
+    When this is raised the target directory is untouched and no temporary directory is left behind.
+    """
+
+
+def max_abs_diff_on_tokens(a: torch.Tensor, b: torch.Tensor, attention_mask: torch.Tensor) -> float:
+    """Largest |a - b| over real (non-padding) token positions of two [B, T, d] hidden-state tensors.
+
+    Padding positions are excluded: what an implementation computes there is not meaningful.
+    Returns ``inf`` when either side has a non-finite value on a real token.
+    """
+    if a.shape != b.shape:
+        raise ExportError(f"hidden-state shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    real = attention_mask.to(a.device).bool()
+    x, y = a[real].float(), b.to(a.device)[real].float()
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        return float("inf")
+    if x.numel() == 0:
+        raise ExportError("the probe batch has no real tokens")
+    return float((x - y).abs().max())
+
+
+def check_close(name: str, diff: float, atol: float) -> None:
+    if not diff <= atol:  # also catches NaN
+        raise ExportError(f"{name}: max abs diff on real tokens is {diff:.3e}, above atol={atol:.1e}")
+
+
+def check_loading_info(info: Mapping[str, Any], where: Path | str) -> None:
+    """Zero missing / unexpected / mismatched keys and no loading errors in ``from_pretrained``'s loading info."""
+    problems = []
+    for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
+        values = info.get(key) or []
+        if len(values):
+            problems.append(f"{key}={sorted(map(str, values))[:20]}")
+    conversion = info.get("conversion_errors") or {}
+    if len(conversion):
+        problems.append(f"conversion_errors={dict(list(dict(conversion).items())[:20])}")
+    if problems:
+        raise ExportError(f"reload check failed for {where}: " + "; ".join(problems))
+
+
+def check_head_file(path: Path, head: nn.Module, name: str) -> None:
+    """The saved ``{name}`` file reloads (weights_only) into a fresh Linear and equals the head's weights."""
+    linear = head.linear
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - report any unreadable file as a failed check
+        raise ExportError(f"head check failed: {path} does not reload ({type(exc).__name__}: {exc})") from exc
+    expected = {k: v.detach().cpu() for k, v in linear.state_dict().items()}
+    if set(state) != set(expected):
+        raise ExportError(f"head check failed: {path} has keys {sorted(state)}, expected {sorted(expected)}")
+    fresh = nn.Linear(linear.in_features, linear.out_features, dtype=linear.weight.dtype)
+    try:
+        fresh.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ExportError(f"head check failed: {path} does not fit Linear({linear.in_features}, "
+                          f"{linear.out_features}): {exc}") from exc
+    for key, value in expected.items():
+        if not torch.equal(state[key], value):
+            diff = float((state[key].float() - value.float()).abs().max())
+            raise ExportError(f"head check failed: {name} {key} differs after reload (max abs diff {diff:.3e})")
+
+
+def count_module_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Export a pruning/finetuning Composer checkpoint as a verified HuggingFace model directory.
+
+    python scripts/extract_pruned_model.py CHECKPOINT OUT_DIR [--vanilla] [--overwrite]
+
+The directory loads with ``transformers.AutoModel`` (``trust_remote_code=True`` unless --vanilla or
+nothing inside the kept layers was pruned), ``sentence_transformers.SentenceTransformer`` and
+FlagEmbedding's ``BGEM3FlagModel``; ``pruning_info.json`` records what was kept and the parameter
+counts. The export is checked against the masked model before it is moved into OUT_DIR; an existing
+non-empty OUT_DIR is only replaced with --overwrite. Exit status: 0 on success, 1 on any error.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repository importable without installing it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="Composer checkpoint written by training (local path or remote URI)")
+    p.add_argument("out_dir", help="directory to write the model to")
+    p.add_argument("--vanilla", action="store_true",
+                   help="zero-pad pruned heads / intermediate units back to a stock BertModel/XLMRobertaModel "
+                        "shape (no remote code needed; a few more parameters, same outputs)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it already holds a model")
+    return p
+
+
+def _error(message: str) -> int:
+    print(f"extract_pruned_model: error: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from bge_pruning.export import ExportError, export_composer_model
+    from bge_pruning.export.hf_export import check_export_target
+
+    out_dir = Path(os.path.abspath(args.out_dir))
+    remote = "://" in args.checkpoint
+    if not remote:
+        ckpt = Path(args.checkpoint)
+        if not ckpt.exists():
+            return _error(f"checkpoint not found: {ckpt}")
+        real_ckpt, real_out = ckpt.resolve(), out_dir.resolve()
+        if real_ckpt == real_out or real_out in real_ckpt.parents:
+            return _error(f"the checkpoint {ckpt} is inside OUT_DIR {out_dir}; exporting there could replace it. "
+                          "Choose another OUT_DIR")
+    try:  # fail before loading a large checkpoint when the target cannot be written
+        check_export_target(out_dir, overwrite=args.overwrite)
+    except ExportError as exc:
+        return _error(str(exc))
+
+    try:
+        from bge_pruning.training.checkpoint import load_composer_model
+    except ImportError as exc:
+        return _error(f"cannot import bge_pruning.training.checkpoint.load_composer_model: {exc}")
+    try:
+        model = load_composer_model(args.checkpoint)
+    except Exception as exc:  # noqa: BLE001 - report any loading failure with the path
+        return _error(f"could not load the checkpoint {args.checkpoint}: {type(exc).__name__}: {exc}")
+
+    try:
+        path = export_composer_model(model, out_dir, vanilla=args.vanilla, overwrite=args.overwrite)
+    except ExportError as exc:
+        return _error(f"export failed, {out_dir} was not changed: {exc}")
+
+    import json
+
+    info = json.loads((path / "pruning_info.json").read_text())
+    shape, params = info["achieved_shape"], info["params"]
+    print(f"exported {args.checkpoint} -> {path}")
+    print(f"  layers kept: {info['kept_layers']}  heads per layer: {shape['heads_per_layer']}  "
+          f"intermediate per layer: {shape['intermediate_per_layer']}")
+    print(f"  parameters: {params['before']['total']:,} -> {params['after']['total']:,} "
+          f"(encoder layers {params['before']['encoder_layers']:,} -> {params['after']['encoder_layers']:,})"
+          + (f", {info['export']['padded_params']:,} zero padding" if info["export"]["padded_params"] else ""))
+    print(f"  class: {info['export']['class']}  trust_remote_code: {info['export']['trust_remote_code']}  "
+          f"max abs diff vs masked model: {info['verification']['max_abs_diff']:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
