@@ -1,0 +1,263 @@
+#!/usr/bin/env python
+"""Evaluate a model directory (optionally against a baseline) on STS, paraphrase / BEIR retrieval and MTEB tasks.
+
+    python scripts/evaluate_model.py MODEL_DIR [--baseline DIR] --tasks SPEC [SPEC ...]
+        [--output results.json] [--batch-size N] [--max-examples N] [--device cpu|cuda] [--no-progress]
+
+Task specs (PREFIX:ARGUMENT):
+  sts:PATH_OR_HF_ID[:split]         Spearman / Pearson (x100) of cosine vs gold (+ sparse/colbert heads)
+  paraphrase:STS_PATH_OR_HF_ID[:split]  retrieve each sentence1 (gold >= 4) among all sentence2s
+  retrieval:BEIR_DIR_OR_HF_ID[:split]   BEIR retrieval, exact search: nDCG/MRR/Recall @10, @100
+  mteb:TASK_NAME_OR_LOCAL_PATH      an mteb task by name, or a local STS file / BEIR directory run
+                                    through mteb (main score in mteb's [0, 1] scale)
+The split defaults to "test" (it picks the file of a directory or the split of a hub dataset; a single
+local file is read whatever the split).
+
+Prints ``task | metric | value`` or, with --baseline, ``task | metric | base | pruned | retention %``;
+--output writes a JSON with every number, the model dirs and the wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PREFIXES = ("sts", "paraphrase", "retrieval", "mteb")
+DEFAULT_SPLIT = "test"
+RETRIEVAL_K = (10, 100)
+
+
+class SpecError(ValueError):
+    """A bad --tasks entry; the message names the spec."""
+
+
+@dataclass
+class TaskSpec:
+    spec: str
+    kind: str
+    source: str
+    split: str | None
+    label: str = ""
+
+
+def parse_task_spec(spec: str) -> TaskSpec:
+    """``PREFIX:ARGUMENT[:split]`` -> TaskSpec; SpecError for an unknown prefix or a missing local path."""
+    from bge_pruning.data.errors import looks_like_local_path, resolve_local
+
+    prefix, sep, rest = spec.partition(":")
+    if not sep or prefix not in PREFIXES or not rest.strip():
+        raise SpecError(f"bad task spec {spec!r}: expected PREFIX:ARGUMENT with PREFIX one of "
+                        f"{', '.join(PREFIXES)} (e.g. sts:data/sts-dev.csv, retrieval:data/scifact:test, "
+                        "mteb:STSBenchmark)")
+    source, split = rest, None
+    if resolve_local(rest) is None and ":" in rest:
+        head, _, tail = rest.rpartition(":")
+        if head and tail and "/" not in tail:
+            source, split = head, tail
+    if resolve_local(source) is None and looks_like_local_path(source):
+        kind = "directory" if prefix == "retrieval" else "file or directory"
+        raise SpecError(f"task {spec!r}: {kind} not found: {Path(source).expanduser().resolve()}")
+    if prefix == "retrieval" and resolve_local(source) is not None and not Path(source).expanduser().is_dir():
+        raise SpecError(f"task {spec!r}: {source} is not a directory (a BEIR source is a directory with "
+                        "corpus.jsonl, queries.jsonl and qrels/<split>.tsv)")
+    return TaskSpec(spec=spec, kind=prefix, source=source, split=split)
+
+
+def assign_labels(specs: list[TaskSpec]) -> None:
+    """Short unique labels for the table: ``kind:name[:split]``."""
+    seen: dict[str, int] = {}
+    for t in specs:
+        name = Path(t.source).name or t.source
+        label = f"{t.kind}:{name}" + (f":{t.split}" if t.split else "")
+        if label in seen:
+            seen[label] += 1
+            label = f"{label}#{seen[label]}"
+        else:
+            seen[label] = 1
+        t.label = label
+
+
+class TaskData:
+    """Loads each task's data once, for both models."""
+
+    def __init__(self, max_examples: int | None) -> None:
+        self.max_examples = max_examples
+        self._cache: dict[str, object] = {}
+
+    def get(self, t: TaskSpec):
+        if t.spec not in self._cache:
+            self._cache[t.spec] = self._load(t)
+        return self._cache[t.spec]
+
+    def _load(self, t: TaskSpec):
+        from bge_pruning.data import load_beir, load_sts
+        from bge_pruning.evaluation.retrieval import paraphrase_retrieval_from_sts
+
+        split = t.split or DEFAULT_SPLIT
+        if t.kind == "sts":
+            return load_sts(t.source, split, max_examples=self.max_examples)
+        if t.kind == "paraphrase":
+            return paraphrase_retrieval_from_sts(load_sts(t.source, split, max_examples=self.max_examples))
+        if t.kind == "retrieval":
+            corpus, queries, qrels = load_beir(t.source, split)
+            if self.max_examples is not None:
+                keep = [q for q in qrels if q in queries][: self.max_examples]
+                qrels = {q: qrels[q] for q in keep}
+                queries = {q: queries[q] for q in keep}
+            return corpus, queries, qrels
+        return None  # mteb: the task loads its own data
+
+    def mteb_task(self, t: TaskSpec):
+        """The mteb task object of an ``mteb:`` spec (built once; SpecError for an unknown task name)."""
+        from bge_pruning.evaluation.mteb_wrapper import resolve_task
+
+        key = "mteb-task:" + t.spec
+        if key not in self._cache:
+            try:
+                self._cache[key] = resolve_task(t.source, split=t.split, max_examples=self.max_examples)
+            except (ValueError, FileNotFoundError) as e:
+                raise SpecError(f"task {t.spec!r}: {e}") from None
+        return self._cache[key]
+
+
+def evaluate_one_model(model_dir: str, specs: list[TaskSpec], data: TaskData, args, mteb_dir: Path | None,
+                       role: str) -> dict[str, dict[str, float]]:
+    from bge_pruning.evaluation.encoder import EmbeddingModel
+    from bge_pruning.evaluation.mteb_wrapper import run_mteb
+    from bge_pruning.evaluation.retrieval import evaluate_retrieval
+    from bge_pruning.evaluation.sts import evaluate_sts
+
+    model = EmbeddingModel.from_dir(model_dir, device=args.device)
+    progress = not args.no_progress
+    results: dict[str, dict[str, float]] = {}
+    for t in specs:
+        logging.info("[%s] %s", role, t.spec)
+        if t.kind == "sts":
+            results[t.label] = evaluate_sts(model, data.get(t), batch_size=args.batch_size, show_progress=progress)
+        elif t.kind in ("paraphrase", "retrieval"):
+            corpus, queries, qrels = data.get(t)
+            results[t.label] = evaluate_retrieval(model, corpus, queries, qrels, k_values=RETRIEVAL_K,
+                                                  batch_size=args.batch_size, show_progress=progress)
+        else:
+            out = run_mteb(model, [data.mteb_task(t)], output_dir=mteb_dir / role if mteb_dir else None,
+                           batch_size=args.batch_size, show_progress=progress, max_examples=args.max_examples)
+            metrics = {}
+            for name, r in out.items():
+                metrics[f"{r['main_score_name']}" if len(out) == 1 else f"{name}/{r['main_score_name']}"] = \
+                    r["main_score"]
+            results[t.label] = metrics
+    del model
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("model_dir", help="model directory to evaluate (HF + sentence-transformers layout)")
+    p.add_argument("--baseline", help="baseline model directory; adds base and retention %% columns")
+    p.add_argument("--tasks", nargs="+", required=True, metavar="SPEC",
+                   help=f"task specs PREFIX:ARGUMENT, PREFIX in {', '.join(PREFIXES)}")
+    p.add_argument("--output", help="write the JSON report here")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-examples", type=int, default=None,
+                   help="first N pairs (sts, paraphrase, local mteb STS) / first N queries (retrieval)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = parser.prog
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    def fail(msg: str, code: int) -> int:
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        return code
+
+    if args.batch_size < 1:
+        return fail(f"--batch-size must be >= 1, got {args.batch_size}", 2)
+    if args.max_examples is not None and args.max_examples < 1:
+        return fail(f"--max-examples must be >= 1, got {args.max_examples}", 2)
+    try:
+        specs = [parse_task_spec(s) for s in args.tasks]
+    except SpecError as e:
+        return fail(str(e), 2)
+    assign_labels(specs)
+    for role, d in (("model", args.model_dir), ("baseline", args.baseline)):
+        if d is not None and not Path(d).expanduser().is_dir():
+            return fail(f"{role} directory not found: {Path(d).expanduser().resolve()}", 2)
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    from bge_pruning.evaluation.report import build_report, format_table, write_json
+
+    mteb_dir = None
+    if args.output and any(t.kind == "mteb" for t in specs):
+        out = Path(args.output)
+        mteb_dir = out.with_name(out.stem + "_mteb")
+    data = TaskData(args.max_examples)
+    try:  # mteb task names are checked before any model is loaded
+        for t in specs:
+            if t.kind == "mteb":
+                data.mteb_task(t)
+    except SpecError as e:
+        return fail(str(e), 2)
+    start = time.perf_counter()
+    try:  # data errors show up before any model is loaded
+        for t in specs:
+            data.get(t)
+    except (ValueError, FileNotFoundError) as e:
+        return fail(str(e), 1)
+    times: dict[str, float] = {}
+    try:
+        baseline_results = None
+        if args.baseline:
+            t0 = time.perf_counter()
+            baseline_results = evaluate_one_model(args.baseline, specs, data, args, mteb_dir, "baseline")
+            times["baseline_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        results = evaluate_one_model(args.model_dir, specs, data, args, mteb_dir, "model")
+        times["model_s"] = time.perf_counter() - t0
+    except (ValueError, FileNotFoundError) as e:  # DataError, ModelDirError, SpecError are ValueErrors
+        return fail(str(e), 1)
+    wall = time.perf_counter() - start
+
+    print(format_table(results, baseline_results))
+    print(f"wall time: {wall:.1f}s")
+    if args.output:
+        report = build_report(args.model_dir, results, baseline_dir=args.baseline,
+                              baseline_results=baseline_results, tasks=[t.spec for t in specs],
+                              wall_time_s=wall,
+                              extra={"task_labels": {t.label: t.spec for t in specs},
+                                     "wall_time_per_model_s": times,
+                                     "settings": {"batch_size": args.batch_size, "max_examples": args.max_examples,
+                                                  "device": args.device, "retrieval_k": list(RETRIEVAL_K)}})
+        if mteb_dir is not None:
+            report["mteb_output_dir"] = str(mteb_dir)
+        path = write_json(args.output, report)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
