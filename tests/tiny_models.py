@@ -1,6 +1,7 @@
 """Tiny random XLM-RoBERTa models with a tokenizer trained here, so the XLM-R path is tested offline."""
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -23,13 +24,21 @@ def train_xlmr_tokenizer(out_dir: Path, vocab_size: int = 300):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import XLMRobertaTokenizerFast
 
-    tok = Tokenizer(models.Unigram())
+    trained = Tokenizer(models.Unigram())
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
+    trained.pre_tokenizer = pre_tokenizers.Metaspace()
+    trained.train_from_iterator(corpus(), trainer)
+    # The trainer orders pieces with equal scores nondeterministically: sort them so ids are reproducible.
+    # Required single characters get scores min - 1e-4 * k in hash-map order (Rust's per-process seed):
+    # rounding puts them in one bucket, ordered by the piece itself.
+    pieces = [[piece, round(score, 2)] for piece, score in json.loads(trained.to_str())["model"]["vocab"]]
+    ordered = [p for p in pieces if p[0] in specials] + sorted(
+        (p for p in pieces if p[0] not in specials), key=lambda p: (-p[1], p[0]))
+    tok = Tokenizer(models.Unigram([tuple(p) for p in ordered], unk_id=3))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    specials = ["<s>", "<pad>", "</s>", "<unk>"]
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
-    tok.train_from_iterator(corpus(), trainer)
     tok.add_special_tokens(["<mask>"])
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",

@@ -1,0 +1,203 @@
+"""Run configuration: defaults, YAML loading, ``key=value`` overrides and validation.
+
+Every key a run can set is listed in ``DEFAULTS`` (one place). Unknown keys are errors that name the
+YAML file and line and list the valid keys beside them (with a "did you mean"), so a typo never costs
+an hour of training with a silently ignored setting.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from .models.l0_module import ConfigError
+
+REQUIRED = "???"  # OmegaConf's marker for a value the user must give
+FREE = {"__free__": True}  # a mapping whose keys are not validated (passed through to a library)
+
+DEFAULTS: dict[str, Any] = {
+    "run_name": None,
+    "seed": 17,
+    "stage": "prune",  # prune: learn masks, then prune physically | finetune: train a (pruned) model, no masks
+    "model": {
+        "name_or_path": REQUIRED,  # hub id, local directory, or "embedded:all-MiniLM-L6-v2"
+        "pooling": "cls",  # cls (BGE-M3) | mean (MiniLM / sentence-transformers)
+        "normalize": True,
+        "teacher": None,  # distillation teacher; default: the initial weights (prune) / the export's base (finetune)
+        "heads": {"sparse": False, "colbert": False},
+        "l0_module": {
+            "pruning_modules": ["layer", "head", "intermediate"],
+            "start_sparsity": 0.0,
+            "lagrangian_warmup_steps": "0ba",
+            "eval_target_model": True,
+            "target_model": {"n_layers": REQUIRED, "n_heads": REQUIRED, "intermediate_size": REQUIRED},
+        },
+    },
+    "loss": {
+        "cosent": 1.0,  # STS pairs: CoSENT on dense cosine
+        "cosent_scale": 20.0,
+        "infonce": 1.0,  # retrieval: InfoNCE on dense scores (in-batch + hard negatives)
+        "temperature": 0.02,  # BGE-M3's
+        "sparse": 0.0,  # weight of InfoNCE on sparse scores (needs model.heads.sparse)
+        "colbert": 0.0,  # weight of InfoNCE on colbert scores (needs model.heads.colbert)
+        "self_distill": 0.0,  # BGE-M3 unified self-distillation toward dense+sparse+colbert
+        "distill_embedding": 0.0,  # teacher: MSE between normalized dense embeddings (x dim)
+        "distill_similarity": 0.0,  # teacher: KL between in-batch similarity distributions
+        "distill_temperature": 0.05,
+    },
+    "data": {
+        "max_length": 128,
+        "train": REQUIRED,  # list of sources, see bge_pruning.data
+        "eval": {"sts": None, "retrieval": None},  # {source, split, max_examples}
+        "eval_batch_size": 64,
+    },
+    "train": {
+        "device": "auto",  # auto | cpu | gpu
+        "precision": "fp32",  # fp32 | amp_bf16 | amp_fp16
+        "batch_size": 32,  # per device
+        "device_train_microbatch_size": None,  # int, or "auto" on GPU
+        "max_duration": "500ba",
+        "optimizer": "decoupled_adamw",
+        "lr": 2.0e-5,
+        "l0_lr": None,  # mask log-alphas; LLM-Shearing uses lag_lr for both
+        "lag_lr": 1.0,  # Lagrange multipliers, applied as -lag_lr (gradient ascent)
+        "weight_decay": 0.0,  # decoupled (Composer): p *= 1 - wd * lr/lr0 per step, so use ~1e-5, not 0.01
+        "betas": [0.9, 0.999],
+        "eps": 1.0e-8,
+        "scheduler": "linear",  # linear | cosine | constant
+        "warmup": "0.1dur",
+        "eval_interval": "100ba",
+        "eval_first": False,
+        "save_folder": "experiments/{run_name}/checkpoints",
+        "save_interval": "500ba",
+        "save_num_checkpoints_to_keep": -1,
+        "save_overwrite": False,
+        "autoresume": False,
+        "load_path": None,
+        "progress_bar": True,
+        "log_to_console": False,
+        "console_log_interval": "10ba",
+        "log_file": "experiments/{run_name}/train_log.jsonl",
+        "fsdp_config": None,
+        "dist_timeout": 600.0,
+    },
+    "export": {
+        "output_dir": "experiments/{run_name}/model",
+        "vanilla": False,
+        "overwrite": False,
+    },
+    "report": {
+        "before_after": False,  # evaluate base vs pruned on data.eval.sts at the end and print a table
+    },
+}
+
+# Keys whose values are mappings passed through without key validation.
+FREE_KEYS = {"train.fsdp_config"}
+
+
+def _key_lines(path: Path) -> dict[str, int]:
+    """Map dotted key paths of a YAML file to their 1-based line numbers (for error messages)."""
+    try:
+        root = yaml.compose(path.read_text())
+    except yaml.YAMLError:
+        return {}
+    lines: dict[str, int] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}{k.value}"
+                lines[key] = k.start_mark.line + 1
+                walk(v, key + ".")
+
+    walk(root, "")
+    return lines
+
+
+def _validate(user: Any, schema: Any, prefix: str, lines: dict[str, int], source: str) -> None:
+    if not isinstance(user, dict) or not isinstance(schema, dict) or prefix.rstrip(".") in FREE_KEYS:
+        return
+    for key, value in user.items():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            valid = sorted(schema)
+            near = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" (did you mean '{prefix}{near[0]}'?)" if near else ""
+            where = f"{source}:{lines[dotted]}: " if dotted in lines else f"{source}: "
+            raise ConfigError(f"{where}unknown config key '{dotted}'{hint}; valid keys in "
+                              f"'{prefix.rstrip('.') or '<top level>'}': {', '.join(valid)}")
+        if schema[key] is not None and isinstance(schema[key], dict):
+            _validate(value, schema[key], dotted + ".", lines, source)
+
+
+def _missing(cfg: DictConfig, prefix: str = "") -> list[str]:
+    missing = []
+    for key in cfg:
+        dotted = f"{prefix}{key}"
+        if OmegaConf.is_missing(cfg, key):
+            missing.append(dotted)
+        elif isinstance(cfg[key], DictConfig) and dotted not in FREE_KEYS:
+            missing += _missing(cfg[key], dotted + ".")
+    return missing
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, required: bool = True) -> DictConfig:
+    """Defaults <- YAML file <- ``key=value`` overrides, validated; returns a resolved DictConfig."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        user = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(user, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    lines = _key_lines(path)
+    _validate(user, DEFAULTS, "", lines, str(path))
+    cli: dict[str, Any] = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=1e-4)")
+        key, value = item.split("=", 1)
+        node = cli
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(value)
+    _validate(cli, DEFAULTS, "", {}, "command line")
+    cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.create(user), OmegaConf.create(cli))
+    if required:
+        missing = _missing(cfg)
+        if cfg.stage == "finetune":
+            missing = [m for m in missing if not m.startswith("model.l0_module.")]
+        if missing:
+            raise ConfigError(f"{path}: missing required config key(s): {', '.join(missing)}")
+    if cfg.stage not in ("prune", "finetune"):
+        raise ConfigError(f"{path}: stage must be 'prune' or 'finetune', got {cfg.stage!r}")
+    if cfg.run_name is None:
+        cfg.run_name = path.stem
+    return cfg
+
+
+def _parse_value(text: str) -> Any:
+    """YAML scalar, plus floats like 1e-4 that YAML 1.1 reads as strings."""
+    if not text:
+        return None
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def to_container(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg) else cfg
+
+
+def fill_run_name(value: str | None, run_name: str) -> str | None:
+    return None if value is None else value.replace("{run_name}", run_name)

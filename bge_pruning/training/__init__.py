@@ -1,0 +1,1 @@
+"""Training: optimizer groups, callbacks, batch handling and the run driver behind ``train.py``."""

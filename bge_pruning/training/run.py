@@ -1,0 +1,152 @@
+"""The run driver behind ``train.py``: config -> model, data, optimizer, callbacks -> Composer Trainer -> export."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from composer import Trainer
+from composer.core import DataSpec, Evaluator
+from composer.utils import dist, get_device, reproducibility
+from torch.utils.data import DataLoader
+
+from ..config import fill_run_name, to_container
+from ..data import PairCollator, TripletCollator, build_train_dataloader, load_sts, load_triplets, num_samples_in_batch
+from ..models.composer_bge_m3 import ComposerBGEM3, build_model
+from ..models.l0_module import ConfigError
+from .batching import split_batch
+from .callbacks import JsonlLogger, NonFiniteLossGuard, PruningCallback
+from .optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "gpu"):
+        raise ConfigError(f"train.device must be auto, cpu or gpu, got {name!r}")
+    if name == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'gpu' but no CUDA device is available")
+    return name
+
+
+def _data_spec(loader: DataLoader) -> DataSpec:
+    return DataSpec(loader, get_num_samples_in_batch=num_samples_in_batch, split_batch=split_batch)
+
+
+def build_evaluators(cfg: Any, tokenizer: Any) -> list[Evaluator]:
+    """STS dev Spearman and in-batch retrieval MRR evaluators, for whichever eval sets are configured."""
+    evaluators = []
+    ecfg, max_length, bs = cfg.data.eval, int(cfg.data.max_length), int(cfg.data.eval_batch_size)
+    if ecfg.get("sts"):
+        s = ecfg.sts
+        pairs = load_sts(s.source, s.get("split", "validation"), s.get("max_examples"))
+        loader = DataLoader(pairs, batch_size=bs, shuffle=False, collate_fn=PairCollator(tokenizer, max_length),
+                            sampler=dist.get_sampler(pairs, shuffle=False) if dist.get_world_size() > 1 else None)
+        evaluators.append(Evaluator(label="sts", dataloader=_data_spec(loader), metric_names=["STSSpearman"]))
+    if ecfg.get("retrieval"):
+        r = ecfg.retrieval
+        n_neg = int(r.get("n_negatives", 0))
+        triplets = load_triplets(r.source, r.get("split", "validation"), n_neg, r.get("max_examples"))
+        loader = DataLoader(triplets, batch_size=bs, shuffle=False, drop_last=True,
+                            collate_fn=TripletCollator(tokenizer, max_length, n_neg),
+                            sampler=dist.get_sampler(triplets, shuffle=False) if dist.get_world_size() > 1 else None)
+        evaluators.append(Evaluator(label="retrieval", dataloader=_data_spec(loader), metric_names=["InBatchMRR"]))
+    return evaluators
+
+
+def _max_batches(max_duration: str) -> int | None:
+    text = str(max_duration)
+    return int(text[:-2]) if text.endswith("ba") and text[:-2].isdigit() else None
+
+
+def check_export_target(cfg: Any) -> Path:
+    """Fail before training, not after it, when the export directory would be refused."""
+    out = Path(fill_run_name(cfg.export.output_dir, cfg.run_name))
+    if out.exists() and any(out.iterdir()) and not cfg.export.overwrite:
+        raise ConfigError(f"export.output_dir: {out} exists and is not empty; choose another directory or set "
+                          f"export.overwrite=true (the old export is replaced only after the new one verifies)")
+    return out
+
+
+def build_trainer(cfg: Any, model: ComposerBGEM3 | None = None) -> tuple[Trainer, ComposerBGEM3]:
+    """Everything ``Trainer.fit`` needs, from a validated config."""
+    tcfg = cfg.train
+    device = resolve_device(tcfg.device)
+    dist.initialize_dist(get_device(device), timeout=float(tcfg.dist_timeout))
+    reproducibility.seed_all(int(cfg.seed))
+    model = model or build_model(cfg)
+    max_batches = _max_batches(tcfg.max_duration)
+    train_loader = build_train_dataloader(
+        to_container(cfg.data), model.tokenizer, int(tcfg.batch_size), int(cfg.seed),
+        num_batches=max_batches * dist.get_world_size() if max_batches else None)
+    evaluators = build_evaluators(cfg, model.tokenizer)
+    save_folder = fill_run_name(tcfg.save_folder, cfg.run_name)
+    callbacks = [PruningCallback(save_folder=save_folder), NonFiniteLossGuard()]
+    loggers = [JsonlLogger(fill_run_name(tcfg.log_file, cfg.run_name))] if tcfg.log_file else []
+    fsdp = to_container(tcfg.fsdp_config) if tcfg.fsdp_config else None
+    trainer = Trainer(
+        model=model,
+        train_dataloader=_data_spec(train_loader),
+        eval_dataloader=evaluators or None,
+        eval_interval=tcfg.eval_interval if evaluators else 1,
+        optimizers=build_optimizer(model, tcfg),
+        schedulers=build_scheduler(tcfg),
+        max_duration=tcfg.max_duration,
+        device=device,
+        precision=tcfg.precision,
+        device_train_microbatch_size=tcfg.device_train_microbatch_size or int(tcfg.batch_size),
+        parallelism_config={"fsdp": fsdp} if fsdp else None,
+        callbacks=callbacks,
+        loggers=loggers,
+        run_name=cfg.run_name,
+        seed=int(cfg.seed),
+        save_folder=save_folder,
+        save_interval=tcfg.save_interval,
+        save_num_checkpoints_to_keep=int(tcfg.save_num_checkpoints_to_keep),
+        save_overwrite=bool(tcfg.save_overwrite),
+        autoresume=bool(tcfg.autoresume),
+        load_path=tcfg.load_path,
+        progress_bar=bool(tcfg.progress_bar),
+        log_to_console=bool(tcfg.log_to_console),
+        console_log_interval=tcfg.console_log_interval,
+        dist_timeout=float(tcfg.dist_timeout),
+    )
+    return trainer, model
+
+
+def save_run_config(cfg: Any) -> None:
+    """Write the resolved config beside the checkpoints, so a checkpoint can be rebuilt and exported later."""
+    from omegaconf import OmegaConf
+
+    folder = Path(fill_run_name(cfg.train.save_folder, cfg.run_name))
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, folder / "config.yaml")
+
+
+def run(cfg: Any) -> dict[str, Any]:
+    """Train (prune or finetune), then export the result as an HF directory; returns a summary."""
+    started = time.time()
+    out_dir = check_export_target(cfg)
+    trainer, model = build_trainer(cfg)
+    if dist.get_global_rank() == 0:
+        save_run_config(cfg)
+    if cfg.train.eval_first and trainer.state.evaluators:
+        trainer.eval()
+    trainer.fit()
+    summary: dict[str, Any] = {"run_name": cfg.run_name, "steps": int(trainer.state.timestamp.batch.value),
+                               "train_seconds": time.time() - started}
+    if model.l0_module is not None:
+        summary["final_shape"] = model.l0_module.expected_shape().to_dict()
+        summary["l0"] = dict(model.last_metrics)
+    if dist.get_global_rank() == 0:
+        from ..export import export_composer_model
+
+        summary["export_dir"] = str(export_composer_model(model, out_dir, vanilla=bool(cfg.export.vanilla),
+                                                          overwrite=bool(cfg.export.overwrite)))
+    dist.barrier()
+    trainer.close()
+    return summary

@@ -1,0 +1,121 @@
+"""Training end to end through Composer on a tiny random XLM-R, plus the pieces it is made of."""
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from bge_pruning.config import load_config
+from bge_pruning.training.batching import split_batch
+from bge_pruning.training.losses import cosent_loss, info_nce_loss, self_distillation_loss
+from bge_pruning.training.run import build_trainer
+from tiny_data import write_overlap_pairs
+
+
+def write_triplets(path, n=96):
+    from tiny_models import corpus
+
+    texts = corpus(3 * n, seed=5)
+    with open(path, "w") as f:
+        for i in range(n):
+            q, pos, neg = texts[3 * i], texts[3 * i + 1], texts[3 * i + 2]
+            f.write(json.dumps({"query": q, "pos": q[: len(q) // 2] + " " + pos, "neg": [neg]}) + "\n")
+    return path
+
+
+def tiny_config(tmp_path, tiny_xlmr_path, **train):
+    pairs = write_overlap_pairs(tmp_path / "pairs.tsv", n=256)
+    triplets = write_triplets(tmp_path / "triplets.jsonl")
+    cfg = {
+        "seed": 1,
+        "model": {"name_or_path": str(tiny_xlmr_path), "heads": {"sparse": True, "colbert": True},
+                  "l0_module": {"lagrangian_warmup_steps": "60ba",
+                                "target_model": {"n_layers": 2, "n_heads": 2, "intermediate_size": 32}}},
+        "loss": {"sparse": 0.3, "colbert": 1.0, "self_distill": 0.5, "distill_similarity": 1.0,
+                 "distill_embedding": 1.0},
+        "data": {"max_length": 32,
+                 "train": [{"name": "pairs", "type": "sts", "source": str(pairs), "proportion": 3},
+                           {"name": "triplets", "type": "retrieval", "source": str(triplets), "n_negatives": 1,
+                            "proportion": 1}],
+                 "eval": {"sts": {"source": str(pairs), "max_examples": 64}}, "eval_batch_size": 32},
+        "train": {"batch_size": 16, "max_duration": "200ba", "lr": 1e-4, "lag_lr": 0.2, "l0_lr": 0.3,
+                  "scheduler": "constant", "warmup": "5ba", "eval_interval": "100ba",
+                  "save_folder": str(tmp_path / "ckpt"), "save_interval": "1000ba",
+                  "log_file": str(tmp_path / "log.jsonl"), "progress_bar": False, **train},
+        "export": {"output_dir": str(tmp_path / "model")},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_prune_tiny_xlmr_end_to_end(tmp_path, tiny_xlmr_path):
+    cfg = load_config(tiny_config(tmp_path, tiny_xlmr_path))
+    trainer, model = build_trainer(cfg)
+    groups = {g["name"]: g for g in trainer.state.optimizers[0].param_groups}
+    assert groups["model"]["initial_lr"] == pytest.approx(1e-4)
+    assert groups["l0_masks"]["initial_lr"] == pytest.approx(0.3)
+    assert groups["lagrangian"]["initial_lr"] == pytest.approx(-0.2)
+    assert {id(p) for p in groups["lagrangian"]["params"]} == {id(p) for p in model.l0_module.lambdas.values()}
+    trainer.fit()
+    trainer.close()
+
+    m = model.last_metrics
+    # Expected overall sparsity (expected encoder-layer params vs base) reaches the target within 1 point.
+    assert abs(m["expected_sparsity"] - m["target_sparsity"]) < 0.01, m
+    for name in ("layer", "head", "intermediate"):
+        assert abs(m[f"expected_{name}_sparsity"] - m[f"target_{name}_sparsity"]) < 0.03, m
+        # The multipliers moved: lambda_2 only grows under ascent on (s - t)^2; lambda_1 swings (and may cross 0).
+        assert m[f"lambda_2_{name}"] > 0.1
+    # Deterministic masks give exactly the target shape.
+    assert model.l0_module.expected_shape() == model.backbone.shape.with_target(2, 2, 32)
+    # Every logged loss part is finite, and all parts appeared.
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = {k for r in rows for k in r if k.startswith("loss/train/")}
+    assert {"loss/train/cosent", "loss/train/infonce", "loss/train/infonce_sparse", "loss/train/infonce_colbert",
+            "loss/train/self_distill", "loss/train/distill_similarity", "loss/train/distill_embedding",
+            "loss/train/lagrangian", "loss/train/total"} <= losses
+    assert all(math.isfinite(v) for r in rows for k, v in r.items() if k.startswith("loss/"))
+    assert any("metrics/sts/STSSpearman" in r for r in rows)
+    for name in ("layer", "head", "intermediate"):
+        assert max(abs(r.get(f"l0/lambda_1_{name}", 0.0)) for r in rows) > 0.1
+    # Deterministic masks were saved at each evaluation.
+    saved = sorted((tmp_path / "ckpt" / "masks").glob("zs_s*.pt"))
+    assert [p.name for p in saved] == ["zs_s100.pt", "zs_s200.pt"]
+    assert set(torch.load(saved[-1])) == {"layer_z", "head_z", "intermediate_z"}
+
+
+def test_cosent_matches_hand_computation():
+    cos = torch.tensor([0.9, 0.2, 0.5])
+    scores = torch.tensor([5.0, 1.0, 3.0])
+    # Pairs with s_i > s_j: (0,1), (0,2), (2,1): terms exp(20 (cos_j - cos_i)).
+    terms = [20 * (0.2 - 0.9), 20 * (0.5 - 0.9), 20 * (0.2 - 0.5)]
+    expected = math.log(1 + sum(math.exp(t) for t in terms))
+    assert cosent_loss(cos, scores, 20.0).item() == pytest.approx(expected, rel=1e-4)  # float32
+    assert cosent_loss(cos, torch.ones(3)).item() == 0.0  # no ordered pair, no loss
+
+
+def test_info_nce_uses_grouped_positives():
+    scores = torch.tensor([[0.9, 0.1, 0.3, 0.2], [0.2, 0.4, 0.8, 0.1]])  # 2 queries x (pos, neg) each
+    tau = 0.1
+    expected = -0.5 * (torch.log_softmax(scores[0] / tau, 0)[0] + torch.log_softmax(scores[1] / tau, 0)[2])
+    assert info_nce_loss(scores, 2, tau).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_self_distillation_is_zero_gradient_at_agreement():
+    s = torch.randn(3, 6, requires_grad=True)
+    loss = self_distillation_loss([s, s.detach().clone()], [1.0, 1.0], 0.1)
+    loss.backward()
+    # The teacher is softmax(2s); its cross-entropy with softmax(s) has a non-zero gradient unless s is flat.
+    assert s.grad.abs().sum() > 0
+
+
+def test_split_batch_keeps_passages_with_their_queries():
+    q = {"input_ids": torch.arange(4)[:, None], "attention_mask": torch.ones(4, 1)}
+    p = {"input_ids": torch.arange(8)[:, None], "attention_mask": torch.ones(8, 1)}
+    batch = {"task": "retrieval", "query": q, "passages": p, "n_passages_per_query": 2, "source": "x"}
+    parts = split_batch(batch, 3)
+    assert [mb["query"]["input_ids"].flatten().tolist() for mb in parts] == [[0, 1, 2], [3]]
+    assert [mb["passages"]["input_ids"].flatten().tolist() for mb in parts] == [[0, 1, 2, 3, 4, 5], [6, 7]]
+    assert all(mb["source"] == "x" for mb in parts)

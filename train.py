@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Prune (or finetune) a BERT-family sentence encoder toward a target shape.
+
+    python train.py configs/target_60pct.yaml [--dataset sts|msmarco|mteb/<task>] [key=value ...]
+
+Overrides use OmegaConf dotted keys, e.g. ``train.max_duration=2000ba train.lr=5e-5``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="YAML run config (see configs/)")
+    parser.add_argument("--dataset", help="shortcut for data.train: sts | msmarco | mteb/<task>")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = parser.parse_args(argv)
+
+    from bge_pruning.config import load_config
+    from bge_pruning.data import DataError, dataset_shortcut
+    from bge_pruning.models.l0_module import ConfigError
+    from bge_pruning.models.loading import ModelLoadError
+    from bge_pruning.training.callbacks import NonFiniteLossError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = list(args.overrides)
+        if args.dataset:
+            overrides.append("data.train=" + json.dumps(dataset_shortcut(args.dataset)))
+        cfg = load_config(args.config, overrides)
+        from bge_pruning.training.run import run
+
+        summary = run(cfg)
+    except (ConfigError, DataError, ModelLoadError, NonFiniteLossError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - export failures are reported as such, everything else re-raised
+        if type(e).__name__ == "ExportError":
+            print(f"error: export failed: {e}", file=sys.stderr)
+            return 3
+        raise
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
