@@ -46,8 +46,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: export failed: {e}", file=sys.stderr)
             return 3
         raise
-    print(json.dumps(summary, indent=2))
+    print_summary(summary)
     return 0
+
+
+def print_summary(summary: dict) -> None:
+    """A few lines a person reads at the end of a run; the full summary is in summary.json."""
+    if "export_dir" not in summary:  # ranks other than 0 export nothing
+        return
+    print(f"\nrun '{summary['run_name']}': {summary['steps']} steps in {summary['train_seconds']:.0f}s")
+    if "final_shape" in summary:
+        s = summary["final_shape"]
+        print(f"final shape: {s['n_layers']} layers, heads per layer {s['heads_per_layer']}, "
+              f"intermediate per layer {s['intermediate_per_layer']}")
+    print(f"exported model: {summary['export_dir']}")
+    if "before_after_table" in summary:
+        print("\n" + summary["before_after_table"])
+    print(f"\nsummary: {summary['summary_file']}")
 
 
 if __name__ == "__main__":

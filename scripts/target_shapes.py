@@ -3,6 +3,7 @@
 
 Used to write configs/target_*pct.yaml: every count comes from ``bge_pruning.shapes.count_params``.
     python scripts/target_shapes.py --share 0.6 --top 8
+    python scripts/target_shapes.py --share 0.5 --base embedded:all-MiniLM-L6-v2 --step 64 --min-layers 3
 """
 from __future__ import annotations
 
@@ -20,8 +21,15 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=10)
     ap.add_argument("--min-layers", type=int, default=12)
     ap.add_argument("--step", type=int, default=256, help="intermediate size granularity")
+    ap.add_argument("--base", default=None, help="local model directory or embedded:NAME (default: BGE-M3's shape)")
     args = ap.parse_args()
     base = BGE_M3
+    if args.base:
+        from transformers import AutoConfig
+
+        from bge_pruning.models.loading import resolve_model_path
+
+        base = EncoderShape.from_hf_config(AutoConfig.from_pretrained(resolve_model_path(args.base)))
     base_count = count_params(base)
     L, H, I = base.n_layers, base.heads_per_layer[0], base.intermediate_per_layer[0]
     rows = []

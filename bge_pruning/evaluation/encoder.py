@@ -145,7 +145,7 @@ class EmbeddingModel:
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
         except Exception as e:
             raise ModelDirError(f"{model_dir}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
         kwargs = {"trust_remote_code": True}

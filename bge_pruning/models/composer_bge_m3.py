@@ -56,7 +56,8 @@ class ComposerBGEM3(ComposerModel):
     def __init__(self, backbone: MaskedBGEM3Backbone, tokenizer: Any, *, pooling: str = "cls", normalize: bool = True,
                  sparse_head: SparseHead | None = None, colbert_head: ColbertHead | None = None,
                  l0_module: L0Module | None = None, teacher: MaskedBGEM3Backbone | None = None,
-                 loss_cfg: Mapping[str, Any] | None = None, base_model: str = "") -> None:
+                 loss_cfg: Mapping[str, Any] | None = None, base_model: str = "",
+                 prior_pruning: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
@@ -68,6 +69,7 @@ class ComposerBGEM3(ComposerModel):
         self._teacher = _Frozen(teacher) if teacher is not None else None
         self.loss_cfg = dict(loss_cfg or {})
         self.base_model = base_model
+        self.prior_pruning = dict(prior_pruning or {})  # pruning_info.json of a pruned model being finetuned
         self.unused_token_ids = special_token_ids(tokenizer)
         self.vocab_size = backbone.config.vocab_size
         self.last_metrics: dict[str, float] = {}  # L0 metrics of the last training step, for PruningCallback
@@ -200,13 +202,22 @@ class ComposerBGEM3(ComposerModel):
             info["target_shape"] = {"n_layers": t.n_layers, "n_heads": t.n_heads,
                                     "intermediate_size": t.intermediate_size}
             info["pruning_modules"] = list(self.l0_module.pruning_modules)
+        if self.prior_pruning:
+            info["pruned_by"] = {k: self.prior_pruning[k] for k in
+                                 ("base_shape", "target_shape", "kept_layers", "kept_heads", "params", "training_steps")
+                                 if k in self.prior_pruning}
         return info
 
 
-def build_model(cfg: Any) -> ComposerBGEM3:
-    """Build ``ComposerBGEM3`` from a run config (``bge_pruning.config``)."""
+def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teacher: bool = True) -> ComposerBGEM3:
+    """Build ``ComposerBGEM3`` from a run config (``bge_pruning.config``).
+
+    ``hf_model``/``tokenizer`` replace loading ``model.name_or_path`` (used to rebuild a checkpoint's
+    architecture from its saved config); ``with_teacher=False`` skips the distillation teacher.
+    """
     mcfg, lcfg = cfg.model, cfg.loss
-    hf_model, tokenizer = load_hf_model(mcfg.name_or_path)
+    if hf_model is None:
+        hf_model, tokenizer = load_hf_model(mcfg.name_or_path)
     if len(tokenizer) > hf_model.config.vocab_size:
         raise ModelLoadError(f"model.name_or_path: the tokenizer has {len(tokenizer)} tokens but the model's "
                              f"vocabulary has {hf_model.config.vocab_size}: tokenizer and model do not match")
@@ -220,7 +231,7 @@ def build_model(cfg: Any) -> ComposerBGEM3:
     for name, cls, filename in (("sparse", SparseHead, SPARSE_FILE), ("colbert", ColbertHead, COLBERT_FILE)):
         if mcfg.heads.get(name):
             head = cls(d)
-            file = find_head_file(mcfg.name_or_path, filename)
+            file = find_head_file(mcfg.name_or_path, filename) if with_teacher else None
             if file is not None:
                 load_linear_state(head.linear, file)
             heads[name] = head
@@ -231,18 +242,23 @@ def build_model(cfg: Any) -> ComposerBGEM3:
         target = parse_target(dict(l0cfg.target_model), backbone.shape, key="model.l0_module.target_model")
         l0 = L0Module(backbone.shape, target, pruning_modules=tuple(l0cfg.pruning_modules),
                       start_sparsity=float(l0cfg.start_sparsity),
-                      lagrangian_warmup_steps=_steps(l0cfg.lagrangian_warmup_steps, "model.l0_module.lagrangian_warmup_steps"),
+                      lagrangian_warmup_steps=_steps(l0cfg.lagrangian_warmup_steps,
+                                                     "model.l0_module.lagrangian_warmup_steps"),
                       eval_target_model=bool(l0cfg.eval_target_model))
 
+    loss_cfg = {k: float(v) for k, v in lcfg.items()}
     teacher = None
     if float(lcfg.distill_embedding) > 0 or float(lcfg.distill_similarity) > 0:
-        teacher_path = mcfg.get("teacher") or _teacher_of(mcfg.name_or_path, cfg.stage)
-        teacher = (copy.deepcopy(backbone) if teacher_path == mcfg.name_or_path
-                   else MaskedBGEM3Backbone.from_hf_model(load_hf_model(teacher_path, "model.teacher")[0]))
-    loss_cfg = {k: float(v) for k, v in lcfg.items()}
+        if with_teacher:
+            teacher_path = mcfg.get("teacher") or _teacher_of(mcfg.name_or_path, cfg.stage)
+            teacher = (copy.deepcopy(backbone) if teacher_path == mcfg.name_or_path
+                       else MaskedBGEM3Backbone.from_hf_model(load_hf_model(teacher_path, "model.teacher")[0]))
+        else:
+            loss_cfg.update(distill_embedding=0.0, distill_similarity=0.0)
     return ComposerBGEM3(backbone, tokenizer, pooling=mcfg.pooling, normalize=bool(mcfg.normalize),
                          sparse_head=heads["sparse"], colbert_head=heads["colbert"], l0_module=l0, teacher=teacher,
-                         loss_cfg=loss_cfg, base_model=_base_model_of(mcfg.name_or_path))
+                         loss_cfg=loss_cfg, base_model=_base_model_of(mcfg.name_or_path),
+                         prior_pruning=_pruning_info(mcfg.name_or_path))
 
 
 def _steps(value: Any, key: str) -> int:

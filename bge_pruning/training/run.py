@@ -1,6 +1,7 @@
 """The run driver behind ``train.py``: config -> model, data, optimizer, callbacks -> Composer Trainer -> export."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -17,8 +18,11 @@ from ..data import PairCollator, TripletCollator, build_train_dataloader, load_s
 from ..models.composer_bge_m3 import ComposerBGEM3, build_model
 from ..models.l0_module import ConfigError
 from .batching import split_batch
+from .checkpoint import save_run_files
 from .callbacks import JsonlLogger, NonFiniteLossGuard, PruningCallback
 from .optim import build_optimizer, build_scheduler
+from .report import before_after, sts_of_export, sts_of_model
+from ..shapes import EncoderShape
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +122,14 @@ def build_trainer(cfg: Any, model: ComposerBGEM3 | None = None) -> tuple[Trainer
     return trainer, model
 
 
-def save_run_config(cfg: Any) -> None:
-    """Write the resolved config beside the checkpoints, so a checkpoint can be rebuilt and exported later."""
-    from omegaconf import OmegaConf
-
-    folder = Path(fill_run_name(cfg.train.save_folder, cfg.run_name))
-    folder.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, folder / "config.yaml")
+def _report_pairs(cfg: Any) -> list | None:
+    """The eval STS pairs for the before/after table (``report.before_after``), or None."""
+    if not cfg.report.before_after:
+        return None
+    s = cfg.data.eval.get("sts")
+    if not s:
+        raise ConfigError("report.before_after needs data.eval.sts (the pairs to score base and pruned on)")
+    return load_sts(s.source, s.get("split", "validation"), s.get("max_examples"))
 
 
 def run(cfg: Any) -> dict[str, Any]:
@@ -133,7 +138,10 @@ def run(cfg: Any) -> dict[str, Any]:
     out_dir = check_export_target(cfg)
     trainer, model = build_trainer(cfg)
     if dist.get_global_rank() == 0:
-        save_run_config(cfg)
+        save_run_files(Path(fill_run_name(cfg.train.save_folder, cfg.run_name)), cfg, model)
+    report_pairs = _report_pairs(cfg)
+    base_sts = sts_of_model(model, report_pairs) if report_pairs and dist.get_global_rank() == 0 else None
+    base_shape = model.backbone.shape
     if cfg.train.eval_first and trainer.state.evaluators:
         trainer.eval()
     trainer.fit()
@@ -145,8 +153,22 @@ def run(cfg: Any) -> dict[str, Any]:
     if dist.get_global_rank() == 0:
         from ..export import export_composer_model
 
-        summary["export_dir"] = str(export_composer_model(model, out_dir, vanilla=bool(cfg.export.vanilla),
-                                                          overwrite=bool(cfg.export.overwrite)))
+        export_dir = export_composer_model(model, out_dir, vanilla=bool(cfg.export.vanilla),
+                                           overwrite=bool(cfg.export.overwrite))
+        summary["export_dir"] = str(export_dir)
+        if base_sts is not None:
+            from transformers import AutoConfig
+
+            pruned_shape = EncoderShape.from_hf_config(AutoConfig.from_pretrained(export_dir, trust_remote_code=True),
+                                                       has_pooler=base_shape.has_pooler)
+            pruned_sts = sts_of_export(export_dir, report_pairs, model.tokenizer.model_max_length)
+            table, numbers = before_after(base_shape, pruned_shape, base_sts, pruned_sts,
+                                          Path(str(cfg.data.eval.sts.source)).name)
+            summary["before_after"] = numbers
+            summary["before_after_table"] = table
+        summary_file = Path(fill_run_name(cfg.train.save_folder, cfg.run_name)).parent / "summary.json"
+        summary_file.write_text(json.dumps(summary, indent=2))
+        summary["summary_file"] = str(summary_file)
     dist.barrier()
     trainer.close()
     return summary

@@ -1,0 +1,74 @@
+"""The before/after table printed at the end of a run: parameters and STS quality, base vs exported model."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+import torch
+
+from ..evaluation.encoder import EmbeddingModel
+from ..evaluation.sts import evaluate_sts
+from ..shapes import EncoderShape, count_params
+
+MAX_LENGTH = 512
+
+
+class _HiddenStates(torch.nn.Module):
+    """Gives the masked backbone the HF call signature ``EmbeddingModel`` expects."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = backbone.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> SimpleNamespace:
+        return SimpleNamespace(last_hidden_state=self.backbone(input_ids, attention_mask))
+
+
+def sts_of_model(model: Any, pairs: Sequence[Any]) -> dict[str, float]:
+    """Dense STS scores of a ``ComposerBGEM3`` as it is now (no masks), on its current device."""
+    device = next(model.backbone.parameters()).device
+    was_training = model.backbone.training
+    enc = EmbeddingModel(_HiddenStates(model.backbone), model.tokenizer, pooling=model.pooling,
+                         normalize=model.normalize, max_length=min(MAX_LENGTH, model.tokenizer.model_max_length),
+                         device=device)
+    try:
+        return evaluate_sts(enc, pairs, show_progress=False)
+    finally:
+        model.backbone.train(was_training)
+
+
+def sts_of_export(export_dir: str | Path, pairs: Sequence[Any], max_length: int) -> dict[str, float]:
+    enc = EmbeddingModel.from_dir(export_dir, device="cuda" if torch.cuda.is_available() else "cpu",
+                                  max_length=min(MAX_LENGTH, max_length))
+    return evaluate_sts(enc, pairs, show_progress=False)
+
+
+def before_after(base: EncoderShape, pruned: EncoderShape, base_sts: dict[str, float],
+                 pruned_sts: dict[str, float], eval_name: str) -> tuple[str, dict[str, Any]]:
+    """A printable table and its numbers."""
+    b, p = count_params(base), count_params(pruned)
+    rows = [
+        ("encoder-layer params", f"{b.encoder_layers:,}", f"{p.encoder_layers:,}", p.encoder_layers / b.encoder_layers),
+        ("total params", f"{b.total:,}", f"{p.total:,}", p.total / b.total),
+        ("shape (L/H/I)", _shape(base), _shape(pruned), None),
+        (f"Spearman x100 ({eval_name})", f"{base_sts['spearman']:.2f}", f"{pruned_sts['spearman']:.2f}",
+         pruned_sts["spearman"] / base_sts["spearman"]),
+        (f"Pearson x100 ({eval_name})", f"{base_sts['pearson']:.2f}", f"{pruned_sts['pearson']:.2f}",
+         pruned_sts["pearson"] / base_sts["pearson"]),
+    ]
+    w0 = max(len(r[0]) for r in rows)
+    lines = [f"{'':{w0}}  {'base':>14}  {'pruned':>14}  {'pruned/base':>11}"]
+    for name, bv, pv, ratio in rows:
+        lines.append(f"{name:{w0}}  {bv:>14}  {pv:>14}  {'' if ratio is None else f'{100 * ratio:.1f}%':>11}")
+    numbers = {"base": {"params": b.to_dict(), "sts": base_sts, "shape": base.to_dict()},
+               "pruned": {"params": p.to_dict(), "sts": pruned_sts, "shape": pruned.to_dict()},
+               "eval_set": eval_name}
+    return "\n".join(lines), numbers
+
+
+def _shape(s: EncoderShape) -> str:
+    heads = str(s.heads_per_layer[0]) if len(set(s.heads_per_layer)) == 1 else "var"
+    inter = str(s.intermediate_per_layer[0]) if len(set(s.intermediate_per_layer)) == 1 else "var"
+    return f"{s.n_layers}/{heads}/{inter}"
