@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="YAML run config (see configs/)")
     parser.add_argument("--dataset", help="shortcut for data.train: sts | msmarco | mteb/<task>")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after --dataset
 
     from bge_pruning.config import load_config
     from bge_pruning.data import DataError, dataset_shortcut

@@ -63,5 +63,6 @@ def load_composer_model(path: str | Path) -> ComposerBGEM3:
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f"{checkpoint}: does not match the run's model: missing={result.missing_keys[:5]} "
                               f"unexpected={result.unexpected_keys[:5]}")
-    model.trained_steps = int(saved.get("timestamp", {}).get("batch", 0))
+    # Composer stores the clock as {"Timestamp": {"batch": N, ...}}.
+    model.trained_steps = int(saved.get("timestamp", {}).get("Timestamp", {}).get("batch", 0))
     return model.eval()

@@ -1,0 +1,76 @@
+"""The commands users type: train.py offline behaviour, the --dataset shortcut, checkpoint -> export."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoModel
+
+from bge_pruning.config import load_config
+from bge_pruning.training.checkpoint import load_composer_model
+from bge_pruning.training.run import build_trainer
+from test_training import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cwd=ROOT):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_bge_m3_config_fails_offline_at_the_hub_with_a_clear_message(tmp_path):
+    proc = run_cli("train.py", "configs/target_60pct.yaml", f"train.save_folder={tmp_path}/ckpt",
+                   f"export.output_dir={tmp_path}/model", "train.log_file=null")
+    assert proc.returncode == 2
+    assert "model.name_or_path: could not download 'BAAI/bge-m3' from the Hugging Face hub" in proc.stderr
+    assert "huggingface-cli download BAAI/bge-m3" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "model").exists()
+
+
+def test_dataset_shortcut_reaches_the_hub_dataset(tmp_path):
+    """--dataset sts replaces data.train with mteb/stsbenchmark-sts; offline that load fails clearly."""
+    proc = run_cli("train.py", "configs/demo.yaml", "--dataset", "sts", f"train.save_folder={tmp_path}/ckpt",
+                   f"export.output_dir={tmp_path}/model", "train.log_file=null", "report.before_after=false")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "mteb/stsbenchmark-sts" in proc.stderr and "Traceback" not in proc.stderr
+    bad = run_cli("train.py", "configs/demo.yaml", "--dataset", "nope")
+    assert bad.returncode == 2 and "sts" in bad.stderr and "msmarco" in bad.stderr
+
+
+def test_checkpoint_to_export_with_the_script(tmp_path, tiny_xlmr_path):
+    cfg = load_config(tiny_config(tmp_path, tiny_xlmr_path, max_duration="12ba", save_interval="12ba",
+                                  eval_interval="12ba"))
+    trainer, model = build_trainer(cfg)
+    from bge_pruning.training.checkpoint import save_run_files
+
+    save_run_files(Path(cfg.train.save_folder), cfg, model)
+    trainer.fit()
+    trainer.close()
+    checkpoint = Path(cfg.train.save_folder) / "latest-rank0.pt"
+    assert checkpoint.exists()
+
+    # The reloaded model is the trained one: same masks, same weights.
+    reloaded = load_composer_model(checkpoint)
+    assert reloaded.trained_steps == 12
+    for k, v in model.l0_module.deterministic_zs().items():
+        assert torch.equal(v, reloaded.l0_module.deterministic_zs()[k]), k
+    for (name, p), (_, q) in zip(model.backbone.state_dict().items(), reloaded.backbone.state_dict().items()):
+        assert torch.equal(p, q), name
+
+    for flags in ([], ["--vanilla"]):
+        out = tmp_path / ("model" + "_".join(flags))
+        proc = run_cli("scripts/extract_pruned_model.py", checkpoint, out, *flags)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        hf = AutoModel.from_pretrained(out, trust_remote_code=True)
+        shape = reloaded.l0_module.expected_shape()
+        assert hf.config.num_hidden_layers == shape.n_layers
+        assert hf.config.intermediate_size == shape.intermediate_per_layer[0]
+    # Refuses to overwrite without --overwrite, and leaves the export as it was.
+    before = sorted(p.name for p in (tmp_path / "model").iterdir())
+    proc = run_cli("scripts/extract_pruned_model.py", checkpoint, tmp_path / "model")
+    assert proc.returncode != 0 and "--overwrite" in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == before
