@@ -17,11 +17,14 @@ $(STAMP): requirements.txt setup.py
 
 install: $(STAMP)
 
+# Each demo run gets its own folder, so a second `make demo` never touches the first one's outputs.
+DEMO_RUN ?= demo-$(shell date +%Y%m%d-%H%M%S)
+
 demo: install
-	$(PY) train.py configs/demo.yaml
+	$(PY) train.py configs/demo.yaml run_name=$(DEMO_RUN)
 
 test: install
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf experiments/demo
+	rm -rf experiments/demo-*

@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("model_dir", help="model directory to evaluate (HF + sentence-transformers layout)")
-    p.add_argument("--baseline", help="baseline model directory; adds base and retention %% columns")
+    p.add_argument("--baseline", help="baseline model: a directory, a hub id (e.g. BAAI/bge-m3) or "
+                                      "embedded:all-MiniLM-L6-v2; adds base and retention %% columns")
     p.add_argument("--tasks", nargs="+", required=True, metavar="SPEC",
                    help=f"task specs PREFIX:ARGUMENT, PREFIX in {', '.join(PREFIXES)}")
     p.add_argument("--output", help="write the JSON report here")
@@ -201,8 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         return fail(str(e), 2)
     assign_labels(specs)
+    from bge_pruning.models.loading import is_hub_id, resolve_model_path
+
     for role, d in (("model", args.model_dir), ("baseline", args.baseline)):
-        if d is not None and not Path(d).expanduser().is_dir():
+        if d is None or is_hub_id(resolve_model_path(d)):  # hub ids are downloaded when evaluated
+            continue
+        if not Path(resolve_model_path(d)).expanduser().is_dir():
             return fail(f"{role} directory not found: {Path(d).expanduser().resolve()}", 2)
     if args.device is None:
         import torch

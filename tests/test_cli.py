@@ -74,3 +74,16 @@ def test_checkpoint_to_export_with_the_script(tmp_path, tiny_xlmr_path):
     proc = run_cli("scripts/extract_pruned_model.py", checkpoint, tmp_path / "model")
     assert proc.returncode != 0 and "--overwrite" in proc.stderr
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == before
+
+
+def test_evaluate_cli_accepts_embedded_and_reports_hub_failures(tmp_path):
+    out = tmp_path / "eval.json"
+    proc = run_cli("scripts/evaluate_model.py", "embedded:all-MiniLM-L6-v2", "--baseline", "embedded:all-MiniLM-L6-v2",
+                   "--tasks", "sts:data/demo_sts/test.tsv", "--max-examples", "30", "--output", out, "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "100.00" in proc.stdout  # the same model against itself retains 100%
+    offline = run_cli("scripts/evaluate_model.py", "BAAI/bge-m3", "--tasks", "sts:data/demo_sts/test.tsv",
+                      "--no-progress")
+    assert offline.returncode != 0
+    assert "BAAI/bge-m3: not a local directory, and it could not be downloaded" in offline.stderr
+    assert "Traceback" not in offline.stderr

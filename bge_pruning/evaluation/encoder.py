@@ -96,6 +96,22 @@ def _load_linear_state(path: Path, head: torch.nn.Module) -> None:
                             f"{e}") from None
 
 
+def resolve_model_dir(name: str) -> str:
+    """A local directory for ``name``: a path, ``embedded:all-MiniLM-L6-v2``, or a hub id (downloaded)."""
+    from bge_pruning.models.loading import is_hub_id, resolve_model_path
+
+    name = resolve_model_path(name)
+    if is_hub_id(name):
+        from huggingface_hub import snapshot_download
+
+        try:
+            return snapshot_download(name)
+        except Exception as e:  # offline, unknown repo, ...
+            raise ModelDirError(f"{name}: not a local directory, and it could not be downloaded from the Hugging "
+                                f"Face hub ({str(e).splitlines()[0]})") from None
+    return name
+
+
 class EmbeddingModel:
     """Dense (+ sparse / colbert when the head files exist) encoder of a model directory."""
 
@@ -128,7 +144,7 @@ class EmbeddingModel:
         """
         from transformers import AutoModel, AutoTokenizer
 
-        model_dir = Path(path).expanduser()
+        model_dir = Path(resolve_model_dir(str(path))).expanduser()
         if not model_dir.exists():
             raise ModelDirError(f"{model_dir}: model directory not found")
         if not model_dir.is_dir():

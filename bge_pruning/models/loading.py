@@ -30,7 +30,7 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def _is_hub_id(name: str) -> bool:
+def is_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not Path(name).exists() and not name.startswith((".", "/"))
 
@@ -40,14 +40,14 @@ def load_hf_model(name_or_path: str, what: str = "model.name_or_path", **kwargs:
     from transformers import AutoModel, AutoTokenizer
 
     path = resolve_model_path(name_or_path)
-    if not _is_hub_id(path) and not Path(path).exists():
+    if not is_hub_id(path) and not Path(path).exists():
         raise ModelLoadError(f"{what}: directory not found: {path}")
     try:
         model = AutoModel.from_pretrained(path, trust_remote_code=True, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
     except (OSError, ValueError) as e:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        if _is_hub_id(path):
+        if is_hub_id(path):
             raise ModelLoadError(
                 f"{what}: could not download '{path}' from the Hugging Face hub"
                 f"{' (HF_HUB_OFFLINE is set)' if offline else ' (no network access?)'}. Download it on a machine "
@@ -63,7 +63,7 @@ def find_head_file(name_or_path: str, filename: str) -> Path | None:
     if path.is_dir():
         f = path / filename
         return f if f.is_file() else None
-    if _is_hub_id(str(path)):
+    if is_hub_id(str(path)):
         try:
             from huggingface_hub import hf_hub_download
 
