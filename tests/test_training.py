@@ -119,3 +119,13 @@ def test_split_batch_keeps_passages_with_their_queries():
     assert [mb["query"]["input_ids"].flatten().tolist() for mb in parts] == [[0, 1, 2], [3]]
     assert [mb["passages"]["input_ids"].flatten().tolist() for mb in parts] == [[0, 1, 2, 3, 4, 5], [6, 7]]
     assert all(mb["source"] == "x" for mb in parts)
+
+
+def test_in_batch_mrr_matches_hand_ranks():
+    from bge_pruning.models.composer_bge_m3 import InBatchMRR
+
+    # 2 queries x 2 passages each; query 0's positive is column 0 (rank 2), query 1's is column 2 (rank 1).
+    scores = torch.tensor([[0.5, 0.9, 0.1, 0.2], [0.3, 0.1, 0.8, 0.7]])
+    metric = InBatchMRR()
+    metric.update(scores, n_passages_per_query=2)
+    assert metric.compute().item() == pytest.approx((1 / 2 + 1 / 1) / 2)
