@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""Efficiency of a pruned encoder vs its base: throughput, p50/p95 latency, peak memory, size, FLOPs.
+
+    python scripts/benchmark_efficiency.py BASE_DIR PRUNED_DIR [--batch-sizes 1 8 32] [--seq-lens 32 128 512]
+        [--repeats N] [--warmup N] [--device cpu|cuda|auto] [--threads N] [--dtype float32|float16|bfloat16]
+        [--output results.json] [--plot results.png]
+
+Both directories are loaded with ``AutoModel.from_pretrained(dir, trust_remote_code=True)``; base and
+pruned are timed interleaved on random batches of exactly batch x seq_len tokens. Prints a table with
+the measured speedup next to the FLOPs ratio (base / pruned FLOPs: the compute-bound limit), and
+writes every number to --output and a throughput plot to --plot. ``--device auto`` (default) runs
+on CPU, and on CUDA too when it is available. See ``bge_pruning/benchmarks/efficiency.py``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bge_pruning.benchmarks.efficiency import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(prog="benchmark_efficiency.py"))
