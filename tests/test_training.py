@@ -80,6 +80,11 @@ def test_prune_tiny_xlmr_end_to_end(tmp_path, tiny_xlmr_path):
     assert any("metrics/sts/STSSpearman" in r for r in rows)
     for name in ("layer", "head", "intermediate"):
         assert max(abs(r.get(f"l0/lambda_1_{name}", 0.0)) for r in rows) > 0.1
+    # Every training step logged the L0 state: overall and per-module sparsity, lambdas, expected size.
+    l0_rows = {r["step"]: r for r in rows if "l0/expected_sparsity" in r}
+    assert sorted(l0_rows) == list(range(1, 201))
+    assert {"l0/target_sparsity", "l0/expected_num_params", "l0/target_num_params", "l0/expected_head_sparsity",
+            "l0/lambda_1_intermediate", "l0/lambda_2_layer"} <= set(l0_rows[200])
     # Deterministic masks were saved at each evaluation.
     saved = sorted((tmp_path / "ckpt" / "masks").glob("zs_s*.pt"))
     assert [p.name for p in saved] == ["zs_s100.pt", "zs_s200.pt"]
@@ -129,3 +134,13 @@ def test_in_batch_mrr_matches_hand_ranks():
     metric = InBatchMRR()
     metric.update(scores, n_passages_per_query=2)
     assert metric.compute().item() == pytest.approx((1 / 2 + 1 / 1) / 2)
+
+
+def test_bge_m3_head_files_are_loaded(tmp_path, tiny_xlmr_path):
+    from bge_pruning.models.composer_bge_m3 import build_model
+
+    cfg = load_config(tiny_config(tmp_path, tiny_xlmr_path))
+    model = build_model(cfg)
+    for head, filename in ((model.sparse_head, "sparse_linear.pt"), (model.colbert_head, "colbert_linear.pt")):
+        saved = torch.load(tiny_xlmr_path / filename)
+        assert torch.equal(head.linear.weight, saved["weight"]) and torch.equal(head.linear.bias, saved["bias"])
