@@ -4,6 +4,10 @@
     python train.py configs/target_60pct.yaml [--dataset sts|msmarco|mteb/<task>] [key=value ...]
 
 Overrides use OmegaConf dotted keys, e.g. ``train.max_duration=2000ba train.lr=5e-5``.
+
+Exit status: 0 done; 2 bad input or a stopped run (config, data, model, checkpoint folder, non-finite loss,
+out of GPU memory), with one ``error:`` line naming the place; 3 the export failed. Multi-GPU:
+``composer -n 8 train.py CONFIG`` (docs/scaling.md).
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     from bge_pruning.data import DataError, dataset_shortcut
     from bge_pruning.models.l0_module import ConfigError
     from bge_pruning.models.loading import ModelLoadError
-    from bge_pruning.training.callbacks import NonFiniteLossError
+    from bge_pruning.training.callbacks import NonFiniteLossError, TrainingOutOfMemoryError
+    from bge_pruning.training.checkpoint import CheckpointError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -35,10 +40,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset:
             overrides.append("data.train=" + json.dumps(dataset_shortcut(args.dataset)))
         cfg = load_config(args.config, overrides)
-        from bge_pruning.training.run import run
+        import torch
 
-        summary = run(cfg)
-    except (ConfigError, DataError, ModelLoadError, NonFiniteLossError) as e:
+        from bge_pruning.training.run import out_of_memory_message, run
+
+        try:
+            summary = run(cfg)
+        except torch.cuda.OutOfMemoryError as e:  # outside the training loop (model to the GPU, say)
+            raise TrainingOutOfMemoryError(out_of_memory_message(cfg, None, e)) from None
+    except (ConfigError, DataError, ModelLoadError, CheckpointError, NonFiniteLossError,
+            TrainingOutOfMemoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - export failures are reported as such, everything else re-raised
@@ -54,7 +65,8 @@ def print_summary(summary: dict) -> None:
     """A few lines a person reads at the end of a run; the full summary is in summary.json."""
     if "export_dir" not in summary:  # ranks other than 0 export nothing
         return
-    print(f"\nrun '{summary['run_name']}': {summary['steps']} steps in {summary['train_seconds']:.0f}s")
+    resumed = f" (resumed from step {summary['resumed_from_step']})" if summary.get("resumed_from_step") else ""
+    print(f"\nrun '{summary['run_name']}': {summary['steps']} steps{resumed} in {summary['train_seconds']:.0f}s")
     if "final_shape" in summary:
         s = summary["final_shape"]
         print(f"final shape: {s['n_layers']} layers, heads per layer {s['heads_per_layer']}, "

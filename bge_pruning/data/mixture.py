@@ -9,6 +9,12 @@ when it is read. Plan, from ``seed``:
    furthest below its proportion (ties: the earlier source), so 0.75/0.25 gives A A B A, A A B A, ...;
 4. the sequence stops just before any source would repeat a batch, or, when ``num_batches`` is given, it is
    exactly that long, a source that runs out starting a new cycle with a fresh seeded shuffle.
+
+With ``group`` G > 1 (the world size of a multi-process run), step 3 chooses a source for each run of G
+consecutive batches, which then all come from it: rank r of G reads batches r, r + G, ... (a non-shuffling
+DistributedSampler), so in every optimizer step all ranks train on the same source (the same task, the same
+loss terms: Composer all-reduces the loss parts by name, and ranks with different parts would deadlock).
+G = 1 is the single-process plan.
 """
 from __future__ import annotations
 
@@ -42,7 +48,7 @@ class MixtureBatches(Dataset):
     """Map-style dataset whose item i is the i-th collated batch, from one source, with ``"source": name``."""
 
     def __init__(self, sources: Sequence[MixtureSource], batch_size: int, seed: int,
-                 num_batches: int | None = None) -> None:
+                 num_batches: int | None = None, group: int = 1) -> None:
         if not sources:
             raise ValueError("MixtureBatches: no sources")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -50,6 +56,8 @@ class MixtureBatches(Dataset):
         if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
                                         or num_batches < 1):
             raise ValueError(f"MixtureBatches: num_batches must be a positive integer or None, got {num_batches!r}")
+        if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+            raise ValueError(f"MixtureBatches: group must be a positive integer, got {group!r}")
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
             raise ValueError(f"MixtureBatches: source names must be unique, got {names}")
@@ -67,23 +75,29 @@ class MixtureBatches(Dataset):
         self.shares = [float(s.proportion) / total for s in sources]
         self.batches_per_cycle = [len(s.examples) // batch_size for s in sources]
         self._perms: dict[tuple[int, int], np.ndarray] = {}
+        self.group = group
         self.plan = self._make_plan(num_batches)  # [(source index, cycle, batch index in cycle)]
+        if not self.plan:
+            raise DataError(f"sources {names}: fewer than {group} batches (one per process) in every source "
+                            f"(batch_size {batch_size}); use fewer processes or a smaller train.batch_size")
 
     def _make_plan(self, num_batches: int | None) -> list[tuple[int, int, int]]:
-        counts = [0] * len(self.sources)
+        counts = [0] * len(self.sources)  # batches taken per source
+        steps = [0] * len(self.sources)  # runs of ``group`` batches taken per source
         plan: list[tuple[int, int, int]] = []
         t = 0
-        while num_batches is None or t < num_batches:
-            deficits = [share * (t + 1) - c for share, c in zip(self.shares, counts)]
+        while num_batches is None or len(plan) < num_batches:
+            deficits = [share * (t + 1) - c for share, c in zip(self.shares, steps)]
             best = max(deficits)
             k = next(i for i, d in enumerate(deficits) if d >= best - 1e-9)
-            cycle, b = divmod(counts[k], self.batches_per_cycle[k])
-            if num_batches is None and cycle > 0:
+            run = [divmod(counts[k] + j, self.batches_per_cycle[k]) for j in range(self.group)]
+            if num_batches is None and run[-1][0] > 0:
                 break  # source k would repeat: one epoch of the mixture ends here
-            plan.append((k, cycle, b))
-            counts[k] += 1
+            plan.extend((k, cycle, b) for cycle, b in run)
+            counts[k] += self.group
+            steps[k] += 1
             t += 1
-        return plan
+        return plan if num_batches is None else plan[:num_batches]
 
     def _perm(self, k: int, cycle: int) -> np.ndarray:
         key = (k, cycle)
@@ -133,12 +147,14 @@ def build_train_dataloader(data_cfg: Any, tokenizer: Any, batch_size: int, seed:
                            num_batches: int | None = None) -> DataLoader:
     """DataLoader over ``MixtureBatches`` (items are whole batches: ``batch_size=None``, ``num_workers=0``).
 
-    ``batch_size`` is the examples per batch on each rank. Under ``torch.distributed`` with world size > 1 the
-    sampler is ``DistributedSampler(shuffle=False)`` (rank r gets batches r, r + W, ...), else sequential.
+    ``batch_size`` is the examples per batch on each rank. Under ``torch.distributed`` with world size W > 1 the
+    sampler is ``DistributedSampler(shuffle=False)`` (rank r gets batches r, r + W, ...) over a plan whose
+    runs of W batches share a source (``group=W``), else sequential.
     """
-    dataset = MixtureBatches(build_sources(data_cfg, tokenizer), batch_size, seed, num_batches)
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
+    world = torch.distributed.get_world_size() if torch.distributed.is_available() \
+        and torch.distributed.is_initialized() else 1
+    dataset = MixtureBatches(build_sources(data_cfg, tokenizer), batch_size, seed, num_batches, group=world)
+    if world > 1:
         sampler: Any = DistributedSampler(dataset, shuffle=False)
     else:
         sampler = SequentialSampler(dataset)

@@ -6,6 +6,9 @@ weights). With those the architecture is rebuilt without the hub and the checkpo
 """
 from __future__ import annotations
 
+import logging
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,8 @@ from ..models.composer_bge_m3 import ComposerBGEM3, build_model
 
 RUN_CONFIG = "config.yaml"
 BASE_MODEL_DIR = "base_model"
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -57,8 +62,10 @@ def load_composer_model(path: str | Path) -> ComposerBGEM3:
         state = saved["model"]
     except (KeyError, RuntimeError, EOFError, TypeError) as e:
         raise CheckpointError(f"{checkpoint}: not a readable Composer checkpoint ({e})") from None
-    # A checkpoint of a DDP-wrapped model may prefix keys with "module.".
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    # A checkpoint of a DDP-wrapped model may prefix keys with "module."; FSDP / activation-checkpoint wrappers
+    # normally strip theirs, but not every torch version does.
+    state = {k.removeprefix("module.").replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", ""):
+             v for k, v in state.items()}
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f"{checkpoint}: does not match the run's model: missing={result.missing_keys[:5]} "
@@ -66,3 +73,74 @@ def load_composer_model(path: str | Path) -> ComposerBGEM3:
     # Composer stores the clock as {"Timestamp": {"batch": N, ...}}.
     model.trained_steps = int(saved.get("timestamp", {}).get("Timestamp", {}).get("batch", 0))
     return model.eval()
+
+
+CHECKPOINT_FILE = re.compile(r"^ep(\d+)-ba(\d+)-rank(\d+)\.pt$")  # Composer's default checkpoint names
+LATEST_LINK = "latest-rank0.pt"
+INTERRUPTED_DIR = "interrupted_saves"
+
+
+def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(batch, path) of the Composer checkpoints in ``folder``, by batch."""
+    found = []
+    for p in folder.iterdir():
+        m = CHECKPOINT_FILE.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(2)), p))
+    return sorted(found)
+
+
+def check_save_folder(cfg: Any) -> None:
+    """Before anything is built: never overwrite another run's checkpoints, and make autoresume resumable.
+
+    * checkpoints already in ``train.save_folder`` and neither ``train.autoresume`` nor ``train.save_overwrite``
+      (nor ``train.load_path``): CheckpointError naming the folder and the two ways on;
+    * ``train.autoresume``: checkpoint files newer than the one ``latest-rank0.pt`` points at were being
+      written when the run was killed (Composer writes the file, then moves the link). Composer would refuse
+      to start beside them, so they are moved, not deleted, into ``{save_folder}/interrupted_saves/``.
+    """
+    from composer.utils import dist
+
+    from ..config import fill_run_name
+
+    tcfg = cfg.train
+    if bool(tcfg.autoresume) and int(tcfg.save_num_checkpoints_to_keep) == 0:
+        raise CheckpointError("train.autoresume needs the checkpoints on local disk, but "
+                              "train.save_num_checkpoints_to_keep is 0 (keep none): use -1 (keep all) or a number >= 1")
+    folder = Path(fill_run_name(tcfg.save_folder, cfg.run_name))
+    if not folder.is_dir() or bool(tcfg.save_overwrite):
+        return
+    found = _checkpoints(folder)
+    if not found:
+        return
+    newest = found[-1][1]
+    if not bool(tcfg.autoresume):
+        if tcfg.load_path:
+            return  # continuing from an explicit checkpoint: Composer protects the files after it
+        raise CheckpointError(
+            f"train.save_folder: {folder} already holds {len(found)} checkpoint(s) of a run named "
+            f"'{cfg.run_name}' (newest: {newest.name}); they are not overwritten. Either continue that run with "
+            f"train.autoresume=true, or start a new one with another run_name (e.g. run_name={cfg.run_name}_2) "
+            f"or train.save_folder.")
+    link = folder / LATEST_LINK
+    if not link.is_symlink() or not link.exists():
+        raise CheckpointError(
+            f"train.save_folder: {folder} holds checkpoints but no valid {LATEST_LINK} link, so autoresume cannot "
+            f"tell which one is complete. Continue from one explicitly with train.autoresume=false "
+            f"train.load_path={newest} (if that file is complete), or use a new run_name.")
+    m = CHECKPOINT_FILE.match(Path(os.readlink(link)).name)
+    if m is None:
+        return
+    latest_batch = int(m.group(2))
+    newer = [p for batch, p in found if batch > latest_batch]
+    if newer and dist.get_global_rank() == 0:
+        aside = folder / INTERRUPTED_DIR
+        aside.mkdir(exist_ok=True)
+        for p in newer:
+            target = aside / p.name
+            n = 1
+            while target.exists():
+                target, n = aside / f"{p.name}.{n}", n + 1
+            p.rename(target)
+            log.warning("%s is newer than %s (an interrupted save?): moved to %s; resuming from %s", p.name,
+                        LATEST_LINK, target, link.resolve().name)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from composer import Trainer
+from composer import Algorithm, Trainer
 from composer.core import DataSpec, Evaluator
 from composer.utils import dist, get_device, reproducibility
 from torch.utils.data import DataLoader
@@ -18,8 +18,9 @@ from ..data import PairCollator, TripletCollator, build_train_dataloader, load_s
 from ..models.composer_bge_m3 import ComposerBGEM3, build_model
 from ..models.l0_module import ConfigError
 from .batching import split_batch
-from .checkpoint import save_run_files
-from .callbacks import JsonlLogger, NonFiniteLossGuard, PruningCallback
+from .checkpoint import check_save_folder, save_run_files
+from .callbacks import (CompleteOptimizerState, JsonlLogger, NonFiniteLossGuard, PruningCallback,
+                        ReplicatedGradSync, TrainingOutOfMemoryError, latest_checkpoint)
 from .optim import build_optimizer, build_scheduler
 from .report import before_after, sts_of_export, sts_of_model
 from ..shapes import EncoderShape
@@ -35,6 +36,39 @@ def resolve_device(name: str) -> str:
     if name == "gpu" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'gpu' but no CUDA device is available")
     return name
+
+
+def _grad_tensors(obj: Any) -> list[torch.Tensor]:
+    if torch.is_tensor(obj):
+        return [obj] if obj.requires_grad else []
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _grad_tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _grad_tensors(v)]
+    return []
+
+
+class OutputsInLoss(Algorithm):
+    """Under DDP, makes every differentiable forward output part of the loss (with weight 0).
+
+    DDP needs every parameter that produced a forward output to receive a gradient in every step. The sparse and
+    ColBERT heads are computed for every batch but scored only on retrieval batches (and not at all when their
+    loss weight is 0), so without this DDP stops at the second step ("Expected to have finished reduction in the
+    prior iteration"). Adding ``0 * sum(output)`` gives those parameters zero gradients, leaves the loss value and
+    every other gradient unchanged, and costs one sum per output. (``find_unused_parameters=True`` is no way out:
+    the Lagrange multipliers are used only in ``loss()``, outside DDP's forward, and it would mark them ready
+    twice.) Single-process runs are left alone.
+    """
+
+    def match(self, event: Any, state: Any) -> bool:
+        from composer.core import Event
+
+        return event == Event.AFTER_LOSS and dist.get_world_size() > 1 and isinstance(state.loss, dict)
+
+    def apply(self, event: Any, state: Any, logger: Any) -> None:
+        tensors = _grad_tensors(state.outputs)
+        if tensors:
+            state.loss["total"] = state.loss["total"] + 0.0 * sum(t.float().sum() for t in tensors)
 
 
 def _data_spec(loader: DataLoader) -> DataSpec:
@@ -76,6 +110,36 @@ def check_export_target(cfg: Any) -> Path:
     return out
 
 
+def check_parallelism(cfg: Any) -> dict[str, Any] | None:
+    """The FSDP config (``train.fsdp_config``) or None; refuses what the run could not finish with."""
+    if not cfg.train.fsdp_config:
+        return None
+    fsdp = to_container(cfg.train.fsdp_config)
+    if fsdp.get("state_dict_type", "full") != "full":
+        raise ConfigError(f"train.fsdp_config.state_dict_type: only 'full' is supported (got "
+                          f"{fsdp['state_dict_type']!r}): the export and load_composer_model read whole checkpoints")
+    if cfg.report.before_after:
+        raise ConfigError("report.before_after is not available with train.fsdp_config (the base model would be "
+                          "scored on rank 0 alone while its weights are sharded); compare afterwards with "
+                          "scripts/evaluate_model.py")
+    return fsdp
+
+
+def prepare_fsdp(model: ComposerBGEM3) -> None:
+    """Mark what Composer's FSDP wraps: each encoder layer is its own FSDP unit (and activation-checkpointed
+    when ``activation_checkpointing: true``); the L0 module is not sharded.
+
+    The L0 module's parameters are read outside any FSDP forward (the Lagrangian in ``loss()``, the deterministic
+    masks at evaluation and export), which a sharded parameter does not allow; they are few (about 0.1M for
+    BGE-M3), so every rank keeps all of them and ``ReplicatedGradSync`` averages their gradients.
+    """
+    for layer in model.backbone.encoder.layer:
+        layer._fsdp_wrap = True
+        layer._activation_checkpointing = True
+    if model.l0_module is not None:
+        model.l0_module._fsdp_wrap = False
+
+
 def build_trainer(cfg: Any, model: ComposerBGEM3 | None = None) -> tuple[Trainer, ComposerBGEM3]:
     """Everything ``Trainer.fit`` needs, from a validated config."""
     tcfg = cfg.train
@@ -83,15 +147,24 @@ def build_trainer(cfg: Any, model: ComposerBGEM3 | None = None) -> tuple[Trainer
     dist.initialize_dist(get_device(device), timeout=float(tcfg.dist_timeout))
     reproducibility.seed_all(int(cfg.seed))
     model = model or build_model(cfg)
+    if getattr(model.backbone, "pooler", None) is not None:
+        # BGE-M3 pools the last hidden state: the CLS pooler gets no gradient. Frozen, it stays out of the optimizer
+        # and of DDP's gradient buckets (which would otherwise wait for it forever); it is exported unchanged.
+        model.backbone.pooler.requires_grad_(False)
     max_batches = _max_batches(tcfg.max_duration)
     train_loader = build_train_dataloader(
         to_container(cfg.data), model.tokenizer, int(tcfg.batch_size), int(cfg.seed),
         num_batches=max_batches * dist.get_world_size() if max_batches else None)
     evaluators = build_evaluators(cfg, model.tokenizer)
     save_folder = fill_run_name(tcfg.save_folder, cfg.run_name)
-    callbacks = [PruningCallback(save_folder=save_folder), NonFiniteLossGuard()]
+    callbacks = [PruningCallback(save_folder=save_folder), NonFiniteLossGuard(save_folder=save_folder),
+                 CompleteOptimizerState()]
     loggers = [JsonlLogger(fill_run_name(tcfg.log_file, cfg.run_name))] if tcfg.log_file else []
-    fsdp = to_container(tcfg.fsdp_config) if tcfg.fsdp_config else None
+    fsdp = check_parallelism(cfg)
+    if fsdp is not None:
+        prepare_fsdp(model)
+        if model.l0_module is not None:
+            callbacks.append(ReplicatedGradSync(model.l0_module))
     trainer = Trainer(
         model=model,
         train_dataloader=_data_spec(train_loader),
@@ -104,6 +177,7 @@ def build_trainer(cfg: Any, model: ComposerBGEM3 | None = None) -> tuple[Trainer
         precision=tcfg.precision,
         device_train_microbatch_size=tcfg.device_train_microbatch_size or int(tcfg.batch_size),
         parallelism_config={"fsdp": fsdp} if fsdp else None,
+        algorithms=[OutputsInLoss()],
         callbacks=callbacks,
         loggers=loggers,
         run_name=cfg.run_name,
@@ -122,6 +196,26 @@ def build_trainer(cfg: Any, model: ComposerBGEM3 | None = None) -> tuple[Trainer
     return trainer, model
 
 
+def out_of_memory_message(cfg: Any, step: int | None, error: BaseException, evaluating: bool = False) -> str:
+    """What to change after a CUDA out-of-memory error (Composer micro-batching first)."""
+    tcfg = cfg.train
+    bs, mb = int(tcfg.batch_size), tcfg.device_train_microbatch_size
+    at = f" at step {step}" if step is not None else ""
+    smaller = max(1, bs // 2 if mb in (None, "auto") else int(mb) // 2)
+    ckpt = fill_run_name(tcfg.save_folder, cfg.run_name)
+    first = (str(error).strip().splitlines() or [""])[0]
+    during_eval = "; it happened while evaluating: lower data.eval_batch_size" if evaluating else ""
+    bf16 = ", or use train.precision=amp_bf16" if tcfg.precision == "fp32" else ""
+    resume = ("rerun with the change to continue from the latest (train.autoresume is on)" if tcfg.autoresume
+              else "add train.autoresume=true to continue from the latest")
+    return (f"out of GPU memory{at} (train.batch_size={bs} per device, train.device_train_microbatch_size="
+            f"{mb if mb is not None else bs}). Set train.device_train_microbatch_size to a smaller divisor of the "
+            f"batch size, e.g. {smaller} (Composer accumulates gradients over the micro-batches: same batch per "
+            f"optimizer step, less memory; in-batch negatives then come from each micro-batch), or to 'auto' "
+            f"(Composer halves it until a step fits); or lower data.max_length or train.batch_size{bf16}"
+            f"{during_eval}. Checkpoints already written in {ckpt} are kept: {resume}. [{first}]")
+
+
 def _report_pairs(cfg: Any) -> list | None:
     """The eval STS pairs for the before/after table (``report.before_after``), or None."""
     if not cfg.report.before_after:
@@ -136,6 +230,8 @@ def run(cfg: Any) -> dict[str, Any]:
     """Train (prune or finetune), then export the result as an HF directory; returns a summary."""
     started = time.time()
     out_dir = check_export_target(cfg)
+    check_save_folder(cfg)
+    sharded = check_parallelism(cfg) is not None
     trainer, model = build_trainer(cfg)
     if dist.get_global_rank() == 0:
         save_run_files(Path(fill_run_name(cfg.train.save_folder, cfg.run_name)), cfg, model)
@@ -144,16 +240,29 @@ def run(cfg: Any) -> dict[str, Any]:
     base_shape = model.backbone.shape
     if cfg.train.eval_first and trainer.state.evaluators:
         trainer.eval()
-    trainer.fit()
+    start_step = int(trainer.state.timestamp.batch.value)  # > 0 when autoresumed from a checkpoint
+    try:
+        trainer.fit()
+    except torch.cuda.OutOfMemoryError as e:
+        evaluating = trainer.state.dataloader_label not in (None, "train")
+        raise TrainingOutOfMemoryError(out_of_memory_message(cfg, int(trainer.state.timestamp.batch.value) + 1, e,
+                                                             evaluating)) from None
     summary: dict[str, Any] = {"run_name": cfg.run_name, "steps": int(trainer.state.timestamp.batch.value),
                                "train_seconds": time.time() - started}
+    if start_step:
+        summary["resumed_from_step"] = start_step
     if model.l0_module is not None:
         summary["final_shape"] = model.l0_module.expected_shape().to_dict()
         summary["l0"] = dict(model.last_metrics)
     if dist.get_global_rank() == 0:
         from ..export import export_composer_model
 
-        export_dir = export_composer_model(model, out_dir, vanilla=bool(cfg.export.vanilla),
+        to_export = model
+        if sharded:  # the live backbone holds only this rank's shard: export the final (whole) checkpoint
+            from .checkpoint import load_composer_model
+
+            to_export = load_composer_model(latest_checkpoint(fill_run_name(cfg.train.save_folder, cfg.run_name)))
+        export_dir = export_composer_model(to_export, out_dir, vanilla=bool(cfg.export.vanilla),
                                            overwrite=bool(cfg.export.overwrite))
         summary["export_dir"] = str(export_dir)
         if base_sts is not None:
