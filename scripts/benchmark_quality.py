@@ -11,9 +11,12 @@ CoSENT + distillation from the frozen unpruned base, and the same number of trai
 * ``l0_<t>``: ``stage: prune`` to t% of the encoder-layer parameters (the balanced shape that
   ``scripts/target_shapes.py --step 64 --min-layers 3`` ranks first), N steps, then ``stage: finetune`` on its
   export, M steps;
-* ``layer_drop_<t>``: the base with only round(L * t / 100) evenly spaced layers kept, counted from the bottom
-  one (DistilBERT-style "every other layer": 0, 2, 4 of MiniLM's 6), built by ``bge_pruning.baselines``,
-  then ``stage: finetune``, N + M steps (only for ``--layer-drop-targets``, 50 by default).
+* ``layer_drop_<t>_<rule>``: the base with only round(L * t / 100) of its layers, built by
+  ``bge_pruning.baselines``, then ``stage: finetune``, N + M steps (for ``--layer-drop-targets``, 50 by default),
+  once per ``--layer-drop-rules``: ``ends`` (evenly spaced, first and last included: DistilBERT's rule, MiniLM
+  6 -> 3 keeps 0, 3, 5), ``bottom`` (every other layer from the first: 0, 2, 4), ``top`` (every other layer
+  ending at the last: 1, 3, 5). Which layers are kept moves the result by several points, so L0 is compared
+  with the BEST layer-drop variant of its target.
 
 Each stage's config is written to ``OUT_DIR/configs/<run>.yaml`` from the templates in ``configs/quality/`` and
 trained by ``python train.py <config>`` in a subprocess, exactly what a user would run. Each final export is
@@ -51,6 +54,7 @@ METHODS = ("reference", "l0", "layer_drop")
 MIN_RETENTION = 98.0  # % of the reference's dev Spearman the L0 run must keep
 MIN_DELTA = 3.0  # Spearman points the L0 run must beat layer-drop by
 CHECK_TARGET = 50
+LAYER_RULES = ("ends", "bottom", "top")  # bge_pruning.baselines.LAYER_RULES (not imported here: no torch at parse time)
 
 
 class BenchmarkError(RuntimeError):
@@ -67,18 +71,24 @@ def retention(value: float | None, reference: float | None) -> float | None:
 
 
 def annotate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Copies of ``runs`` with ``retention`` (% of the reference's Spearman) and ``delta_vs_layer_drop``
-    (Spearman points above the layer-drop run of the same target; None where there is none)."""
+    """Copies of ``runs`` with ``retention`` (% of the reference's Spearman), ``delta_vs_layer_drop`` (Spearman
+    points above the BEST layer-drop run of the same target; None where there is none) and ``best_layer_drop``
+    (that run's name)."""
     ref = next((r.get("spearman") for r in runs if r.get("method") == "reference"), None)
-    layer_drop = {r.get("target"): r.get("spearman") for r in runs if r.get("method") == "layer_drop"}
+    best: dict[Any, Mapping[str, Any]] = {}
+    for r in runs:
+        if r.get("method") == "layer_drop" and r.get("spearman") is not None:
+            t = r.get("target")
+            if t not in best or r["spearman"] > best[t]["spearman"]:
+                best[t] = r
     out = []
     for r in runs:
         row = dict(r)
         s = r.get("spearman")
         row["retention"] = retention(s, ref)
-        ld = layer_drop.get(r.get("target"))
-        row["delta_vs_layer_drop"] = (s - ld if r.get("method") != "layer_drop" and s is not None
-                                      and ld is not None else None)
+        ld = best.get(r.get("target")) if r.get("method") != "layer_drop" else None
+        row["delta_vs_layer_drop"] = s - ld["spearman"] if s is not None and ld is not None else None
+        row["best_layer_drop"] = ld.get("name") if ld is not None else None
         out.append(row)
     return out
 
@@ -86,12 +96,16 @@ def annotate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def check_targets(runs: Sequence[Mapping[str, Any]], target: int = CHECK_TARGET, min_retention: float = MIN_RETENTION,
                   min_delta: float = MIN_DELTA) -> dict[str, Any]:
     """Whether ``l0_<target>`` keeps >= ``min_retention``% of the reference and beats layer-drop by >= ``min_delta``."""
-    rows = {(r.get("method"), r.get("target")): r for r in annotate(runs)}
+    rows = {(r.get("method"), r.get("target")): r for r in annotate(runs) if r.get("method") != "layer_drop"}
     l0 = rows.get(("l0", target))
     ret = l0.get("retention") if l0 else None
     delta = l0.get("delta_vs_layer_drop") if l0 else None
+    each = {r["name"]: (l0["spearman"] - r["spearman"] if l0 and l0.get("spearman") is not None else None)
+            for r in runs if r.get("method") == "layer_drop" and r.get("target") == target
+            and r.get("spearman") is not None}
     return {"target": target, "min_retention": min_retention, "min_delta": min_delta,
             "retention": ret, "delta_vs_layer_drop": delta,
+            "best_layer_drop": l0.get("best_layer_drop") if l0 else None, "delta_vs_each_layer_drop": each,
             "retention_met": None if ret is None else ret >= min_retention,
             "delta_met": None if delta is None else delta >= min_delta,
             "met": None if ret is None or delta is None else (ret >= min_retention and delta >= min_delta)}
@@ -106,7 +120,7 @@ def _fmt(x: Any, spec: str) -> str:
 def format_table(runs: Sequence[Mapping[str, Any]], base: Mapping[str, Any] | None = None) -> str:
     """run | method | target | encoder params | total params | dev Spearman | retention % | delta vs layer-drop."""
     header = ["run", "method", "target %", "encoder params", "total params", "dev Spearman", "dev Pearson",
-              "retention %", "vs layer-drop", "train s"]
+              "retention %", "vs best layer-drop", "train s"]
     rows = []
     if base:
         rows.append([str(base.get("name", "base")), "base (no training)", _fmt(100, "d"),
@@ -133,9 +147,14 @@ def verdict_lines(check: Mapping[str, Any]) -> list[str]:
     lines = [
         f"L0 {t}% retention vs reference: {_fmt(ret, '.2f')}% (target >= {check['min_retention']:.0f}%): "
         + {True: "MET", False: "NOT MET", None: "not measured"}[check["retention_met"]],
-        f"L0 {t}% minus layer-drop {t}%: {'-' if delta is None else f'{delta:+.2f}'} points "
-        f"(target >= +{check['min_delta']:.0f}): " + {True: "MET", False: "NOT MET", None: "not measured"}[check["delta_met"]],
+        f"L0 {t}% minus the best layer-drop {t}% ({check.get('best_layer_drop') or '-'}): "
+        f"{'-' if delta is None else f'{delta:+.2f}'} points (target >= +{check['min_delta']:.0f}): "
+        + {True: "MET", False: "NOT MET", None: "not measured"}[check["delta_met"]],
     ]
+    each = check.get("delta_vs_each_layer_drop") or {}
+    if len(each) > 1:
+        lines.append("  vs each layer-drop variant: " + ", ".join(
+            f"{name} {'-' if d is None else f'{d:+.2f}'}" for name, d in each.items()))
     return lines
 
 
@@ -150,6 +169,23 @@ def balanced_shape(target_pct: int, base: str = BASE) -> tuple[int, int, int]:
         raise BenchmarkError(f"could not get the {target_pct}% shape from {' '.join(cmd)}: "
                              f"{(proc.stderr or proc.stdout).strip()[-500:]}")
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def parse_shape_option(item: str) -> tuple[int, tuple[int, int, int]]:
+    """``50=6L/6H/768I`` -> (50, (6, 6, 768)): the L0 target shape to use for one target percentage."""
+    m = re.fullmatch(r"\s*(\d+)\s*=\s*(\d+)L/(\d+)H/(\d+)I\s*", item)
+    if not m:
+        raise BenchmarkError(f"--l0-shape {item!r}: expected TARGET=<layers>L/<heads>H/<intermediate>I, "
+                             f"e.g. 50=6L/6H/768I")
+    return int(m.group(1)), (int(m.group(2)), int(m.group(3)), int(m.group(4)))
+
+
+def shape_label(shape: Mapping[str, Any]) -> str:
+    """``EncoderShape.to_dict()`` -> ``4L/9H/1152I`` (per-layer widths joined by commas when they differ)."""
+    heads = sorted(set(shape["heads_per_layer"]))
+    inter = sorted(set(shape["intermediate_per_layer"]))
+    return (f"{shape['n_layers']}L/{','.join(map(str, heads)) or '0'}H/"
+            f"{','.join(map(str, inter)) or '0'}I")
 
 
 def layer_drop_count(n_layers: int, target_pct: int) -> int:
@@ -306,16 +342,18 @@ def evaluate_dev(model_dir: Path | str, pairs: Sequence[Any], dev: Path, cache: 
 
 
 # ====================================================================== the benchmark
-def plan_runs(targets: Sequence[int], layer_drop_targets: Sequence[int]) -> list[tuple[str, str, int]]:
-    """(name, method, target) in the order they run: the 50% comparison first, then the other targets."""
+def plan_runs(targets: Sequence[int], layer_drop_targets: Sequence[int],
+              layer_drop_rules: Sequence[str] = ("ends",)) -> list[tuple[str, str, int, str | None]]:
+    """(name, method, target, layer rule) in the order they run: the 50% comparison first, then the others."""
     order = sorted(set(targets), key=lambda t: (t != CHECK_TARGET, t))
-    runs = [("reference", "reference", 100)]
+    rules = list(dict.fromkeys(layer_drop_rules))
+    runs: list[tuple[str, str, int, str | None]] = [("reference", "reference", 100, None)]
     for t in order:
-        runs.append((f"l0_{t}", "l0", t))
+        runs.append((f"l0_{t}", "l0", t, None))
         if t in layer_drop_targets:
-            runs.append((f"layer_drop_{t}", "layer_drop", t))
+            runs += [(f"layer_drop_{t}_{rule}", "layer_drop", t, rule) for rule in rules]
     for t in sorted(set(layer_drop_targets) - set(targets)):
-        runs.append((f"layer_drop_{t}", "layer_drop", t))
+        runs += [(f"layer_drop_{t}_{rule}", "layer_drop", t, rule) for rule in rules]
     return runs
 
 
@@ -354,16 +392,17 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
     runs: list[dict[str, Any]] = []
     failures: list[str] = []
-    plan = plan_runs(args.targets, args.layer_drop_targets)
+    plan = plan_runs(args.targets, args.layer_drop_targets, args.layer_drop_rules)
     if args.only:
-        unknown = sorted(set(args.only) - {name for name, _, _ in plan})
+        unknown = sorted(set(args.only) - {p[0] for p in plan})
         if unknown:
-            raise BenchmarkError(f"--only {unknown}: not in this plan ({', '.join(n for n, _, _ in plan)})")
+            raise BenchmarkError(f"--only {unknown}: not in this plan ({', '.join(p[0] for p in plan)})")
         plan = [p for p in plan if p[0] in args.only]
-    for name, method, target in plan:
+    for name, method, target, rule in plan:
         print(f"\n== {name} ({method}, target {target}%)", flush=True)
         try:
-            runs.append(run_one(args, name, method, target, out_dir, train_file, dev_pairs, dev_file, base_shape))
+            runs.append(run_one(args, name, method, target, out_dir, train_file, dev_pairs, dev_file, base_shape,
+                                rule))
         except BenchmarkError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             failures.append(name)
@@ -393,22 +432,19 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
 
 def run_one(args, name: str, method: str, target: int, out_dir: Path, train_file: Path, dev_pairs, dev_file: Path,
-            base_shape) -> dict[str, Any]:
+            base_shape, rule: str | None = None) -> dict[str, Any]:
     """Train (or reuse with --skip-existing) every stage of one run, evaluate its final export."""
     total_steps = args.steps_prune + args.steps_finetune
     common = dict(batch_size=args.batch_size, train_source=train_file, train_max_examples=args.train_max_examples)
     stages: list[tuple[str, Path, dict | None]] = []  # (stage name, run dir, config or None for the builder)
     final_dir = out_dir / name
-    shape_note = ""
+    kept_layers: list[int] | None = None
     if method == "reference":
         stages.append((name, final_dir, stage_config("finetune", name, final_dir, name_or_path=BASE,
                                                      steps=total_steps, seed=args.seed,
                                                      overrides=args.finetune_override, **common)))
-        shape_note = (f"{base_shape.n_layers}L/{base_shape.heads_per_layer[0]}H/"
-                      f"{base_shape.intermediate_per_layer[0]}I")
     elif method == "l0":
-        shape = balanced_shape(target)
-        shape_note = f"{shape[0]}L/{shape[1]}H/{shape[2]}I"
+        shape = args.l0_shape.get(target) or balanced_shape(target)
         prune_dir = out_dir / f"{name}_prune"
         stages.append((f"{name}_prune", prune_dir, stage_config(
             "prune", f"{name}_prune", prune_dir, name_or_path=BASE, steps=args.steps_prune, seed=args.seed,
@@ -418,12 +454,10 @@ def run_one(args, name: str, method: str, target: int, out_dir: Path, train_file
             "finetune", name, final_dir, name_or_path=str(prune_dir / "model"), steps=args.steps_finetune,
             seed=args.seed + 1, overrides=args.finetune_override, **common)))
     else:
-        keep = layer_drop_count(base_shape.n_layers, target)
-        from bge_pruning.baselines import every_other_layer
+        from bge_pruning.baselines import choose_layers
 
-        layers = args.layer_drop_keep or every_other_layer(base_shape.n_layers, keep)
-        shape_note = f"{len(layers)}L/{base_shape.heads_per_layer[0]}H/{base_shape.intermediate_per_layer[0]}I " \
-                     f"(layers {layers})"
+        layers = choose_layers(base_shape.n_layers, layer_drop_count(base_shape.n_layers, target), rule or "ends")
+        kept_layers = layers
         init_dir = out_dir / f"{name}_init"
         stages.append((f"{name}_init", init_dir, {"keep_layers": layers}))
         stages.append((name, final_dir, stage_config("finetune", name, final_dir, name_or_path=str(init_dir / "model"),
@@ -467,10 +501,17 @@ def run_one(args, name: str, method: str, target: int, out_dir: Path, train_file
 
     model_dir = final_dir / "model"
     params = export_params(model_dir)
+    # The shape as exported (not as requested), and which of the base's layers survive.
+    shape_note = shape_label(json.loads((model_dir / "pruning_info.json").read_text())["achieved_shape"])
+    if method == "l0":
+        kept_layers = json.loads((out_dir / f"{name}_prune" / "model" / "pruning_info.json").read_text())["kept_layers"]
+    if kept_layers is not None and len(kept_layers) < base_shape.n_layers:
+        shape_note += f" (layers {kept_layers})"
     scores = evaluate_dev(model_dir, dev_pairs, dev_file, final_dir / "dev_eval.json")
     return {"name": name, "method": method, "target": target, "encoder_params": int(params["encoder_layers"]),
             "total_params": int(params["total"]), "spearman": scores["spearman"], "pearson": scores["pearson"],
             "train_seconds": train_seconds, "wall_seconds": wall_seconds, "shape": shape_note,
+            "kept_layers": kept_layers, "layer_rule": rule,
             "steps": total_steps, "export_dir": str(model_dir),
             "configs": [str(out_dir / "configs" / f"{s}.yaml") for s, _, c in stages if not (c and "keep_layers" in c)]}
 
@@ -488,6 +529,7 @@ def write_results(out_dir: Path, runs, base, dev_file: Path, args, smoke: bool, 
         "settings": {"steps_prune": args.steps_prune, "steps_finetune": args.steps_finetune,
                      "batch_size": args.batch_size, "seed": args.seed, "threads": args.threads,
                      "lagrangian_warmup_fraction": args.lagrangian_warmup,
+                     "l0_shapes": {str(t): "%dL/%dH/%dI" % shape for t, shape in sorted(args.l0_shape.items())},
                      "prune_overrides": list(args.prune_override), "finetune_overrides": list(args.finetune_override),
                      "train_max_examples": args.train_max_examples},
         "targets_check": check_targets(runs),
@@ -517,8 +559,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--targets", type=int, nargs="+", default=[50, 60, 75],
                     help="L0 targets, %% of encoder-layer parameters kept")
     ap.add_argument("--layer-drop-targets", type=int, nargs="*", default=[50])
-    ap.add_argument("--layer-drop-keep", type=int, nargs="+", default=None,
-                    help="explicit layers for the layer-drop model (default: evenly spaced from layer 0)")
+    ap.add_argument("--layer-drop-rules", nargs="+", default=["ends", "bottom", "top"], choices=LAYER_RULES,
+                    help="which layers each layer-drop variant keeps (bge_pruning.baselines.choose_layers): ends = "
+                         "DistilBERT's (first and last included), bottom = every other from the first, top = every "
+                         "other ending at the last (default: all three)")
+    ap.add_argument("--l0-shape", nargs="+", default=[], metavar="T=LxHxI",
+                    help="L0 target shape for target T, e.g. 50=6L/6H/768I (default: the balanced shape that "
+                         "scripts/target_shapes.py ranks first)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "experiments" / "quality")
     ap.add_argument("--stsb-dir", type=Path, default=DEFAULT_STSB, help="directory with sts-train.csv, sts-dev.csv")
     ap.add_argument("--only", nargs="+", default=None, metavar="RUN",
@@ -540,6 +587,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for t in list(args.targets) + list(args.layer_drop_targets):
         if not 0 < t < 100:
             ap.error(f"targets are percentages of encoder-layer parameters in (0, 100), got {t}")
+    try:
+        args.l0_shape = dict(parse_shape_option(item) for item in args.l0_shape)
+    except BenchmarkError as e:
+        ap.error(str(e))
     if args.steps_prune < 1 or args.steps_finetune < 1 or args.batch_size < 2:
         ap.error("--steps-prune and --steps-finetune must be >= 1 and --batch-size >= 2")
     return args

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bge_pruning.baselines import build_layer_drop, check_keep_layers, every_other_layer, layer_drop_zs
+from bge_pruning.baselines import build_layer_drop, check_keep_layers, choose_layers, every_other_layer, layer_drop_zs
 from bge_pruning.config import load_config
 from bge_pruning.models.masked_encoder import MaskedBGEM3Backbone
 
@@ -30,8 +30,19 @@ bq = _load_script()
 
 
 # ---------------------------------------------------------------------- layer choice
+def test_layer_rules():
+    assert choose_layers(12, 6, "ends") == [0, 2, 4, 7, 9, 11]  # DistilBERT's initialisation from BERT-base
+    assert choose_layers(6, 3, "ends") == [0, 3, 5]  # ties (2.5) round up
+    assert choose_layers(6, 3, "bottom") == [0, 2, 4]
+    assert choose_layers(6, 3, "top") == [1, 3, 5]
+    assert choose_layers(6, 1, "ends") == [5] and choose_layers(6, 6, "top") == list(range(6))
+    with pytest.raises(ValueError, match="unknown layer rule"):
+        choose_layers(6, 3, "middle")
+    assert bq.LAYER_RULES == __import__("bge_pruning.baselines", fromlist=["x"]).LAYER_RULES
+
+
 def test_every_other_layer():
-    assert every_other_layer(6, 3) == [0, 2, 4]  # MiniLM-L6 -> 3 layers, as DistilBERT's one out of two
+    assert every_other_layer(6, 3) == [0, 2, 4]
     assert every_other_layer(12, 6) == [0, 2, 4, 6, 8, 10]
     assert every_other_layer(12, 4) == [0, 3, 6, 9]
     assert every_other_layer(4, 4) == [0, 1, 2, 3]
@@ -95,6 +106,8 @@ RUNS = [
      "total_params": 22_713_216, "spearman": 88.0, "pearson": 87.0, "train_seconds": 600.0},
     {"name": "l0_50", "method": "l0", "target": 50, "encoder_params": 5_325_696, "total_params": 17_392_128,
      "spearman": 86.5, "pearson": 86.0, "train_seconds": 500.0},
+    {"name": "layer_drop_50_bottom", "method": "layer_drop", "target": 50, "encoder_params": 5_323_392,
+     "total_params": 17_389_824, "spearman": 80.0, "pearson": 79.0, "train_seconds": 400.0},
     {"name": "layer_drop_50", "method": "layer_drop", "target": 50, "encoder_params": 5_323_392,
      "total_params": 17_389_824, "spearman": 82.0, "pearson": 81.0, "train_seconds": 400.0},
     {"name": "l0_75", "method": "l0", "target": 75, "encoder_params": 7_988_544, "total_params": 20_054_976,
@@ -106,7 +119,8 @@ def test_retention_and_deltas():
     rows = {r["name"]: r for r in bq.annotate(RUNS)}
     assert rows["reference"]["retention"] == pytest.approx(100.0)
     assert rows["l0_50"]["retention"] == pytest.approx(100 * 86.5 / 88.0)
-    assert rows["l0_50"]["delta_vs_layer_drop"] == pytest.approx(4.5)
+    assert rows["l0_50"]["delta_vs_layer_drop"] == pytest.approx(4.5)  # vs the BEST layer-drop variant
+    assert rows["l0_50"]["best_layer_drop"] == "layer_drop_50"
     assert rows["layer_drop_50"]["retention"] == pytest.approx(100 * 82.0 / 88.0)
     assert rows["layer_drop_50"]["delta_vs_layer_drop"] is None
     assert rows["l0_75"]["delta_vs_layer_drop"] is None  # no layer-drop run at 75%
@@ -119,6 +133,13 @@ def test_check_targets():
     check = bq.check_targets(RUNS)
     assert check["retention"] == pytest.approx(98.295, abs=1e-3)
     assert check["retention_met"] and check["delta_met"] and check["met"]
+    assert check["delta_vs_each_layer_drop"] == pytest.approx({"layer_drop_50_bottom": 6.5, "layer_drop_50": 4.5})
+    assert any("layer_drop_50_bottom +6.50" in line for line in bq.verdict_lines(check))
+    # A stronger layer-drop variant is what L0 must beat.
+    strong = RUNS + [dict(RUNS[2], name="layer_drop_50_ends", spearman=84.0)]
+    check = bq.check_targets(strong)
+    assert check["delta_vs_layer_drop"] == pytest.approx(2.5) and check["delta_met"] is False
+    assert check["best_layer_drop"] == "layer_drop_50_ends"
     worse = [dict(r, spearman=85.0) if r["name"] == "l0_50" else r for r in RUNS]
     check = bq.check_targets(worse)
     assert check["retention_met"] is False and check["delta_met"] is True and check["met"] is False
@@ -140,9 +161,30 @@ def test_format_table():
 
 
 def test_plan_runs_order():
-    plan = bq.plan_runs([75, 60, 50], [50])
-    assert [p[0] for p in plan] == ["reference", "l0_50", "layer_drop_50", "l0_60", "l0_75"]
+    plan = bq.plan_runs([75, 60, 50], [50], ["ends", "bottom", "top"])
+    assert [p[0] for p in plan] == ["reference", "l0_50", "layer_drop_50_ends", "layer_drop_50_bottom",
+                                    "layer_drop_50_top", "l0_60", "l0_75"]
+    assert plan[3][3] == "bottom"
     assert {p[1] for p in plan} <= set(bq.METHODS)
+
+
+def test_l0_shape_option():
+    assert bq.parse_shape_option("50=6L/6H/768I") == (50, (6, 6, 768))
+    args = bq.parse_args(["--l0-shape", "50=6L/6H/768I", "60=5L/9H/1088I"])
+    assert args.l0_shape == {50: (6, 6, 768), 60: (5, 9, 1088)}
+    for bad in ("50=6/6/768", "6L/6H/768I", "fifty=6L/6H/768I"):
+        with pytest.raises(bq.BenchmarkError, match="TARGET=<layers>L"):
+            bq.parse_shape_option(bad)
+    with pytest.raises(SystemExit):
+        bq.parse_args(["--l0-shape", "50=6x6x768"])
+
+
+def test_shape_label():
+    shape = {"n_layers": 4, "hidden_size": 384, "head_dim": 32, "heads_per_layer": [9, 9, 9, 9],
+             "intermediate_per_layer": [1152] * 4}
+    assert bq.shape_label(shape) == "4L/9H/1152I"
+    shape.update(n_layers=3, heads_per_layer=[2, 0, 1], intermediate_per_layer=[8, 8, 4])
+    assert bq.shape_label(shape) == "3L/0,1,2H/4,8I"
 
 
 # ---------------------------------------------------------------------- stage configs
