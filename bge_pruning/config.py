@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "self_distill": 0.0,  # BGE-M3 unified self-distillation toward dense+sparse+colbert
         "distill_embedding": 0.0,  # teacher: MSE between normalized dense embeddings (x dim)
         "distill_similarity": 0.0,  # teacher: KL between in-batch similarity distributions
+        "distill_hidden": 0.0,  # teacher: MSE between last-layer token states (real tokens)
         "distill_temperature": 0.05,
     },
     "data": {

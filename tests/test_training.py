@@ -8,7 +8,7 @@ import yaml
 
 from bge_pruning.config import load_config
 from bge_pruning.training.batching import split_batch
-from bge_pruning.training.losses import cosent_loss, info_nce_loss, self_distillation_loss
+from bge_pruning.training.losses import cosent_loss, hidden_distillation_loss, info_nce_loss, self_distillation_loss
 from bge_pruning.training.run import build_trainer
 from tiny_data import write_overlap_pairs
 
@@ -33,7 +33,7 @@ def tiny_config(tmp_path, tiny_xlmr_path, **train):
                   "l0_module": {"lagrangian_warmup_steps": "60ba",
                                 "target_model": {"n_layers": 2, "n_heads": 2, "intermediate_size": 32}}},
         "loss": {"sparse": 0.3, "colbert": 1.0, "self_distill": 0.5, "distill_similarity": 1.0,
-                 "distill_embedding": 1.0},
+                 "distill_embedding": 1.0, "distill_hidden": 0.5},
         "data": {"max_length": 32,
                  "train": [{"name": "pairs", "type": "sts", "source": str(pairs), "proportion": 3},
                            {"name": "triplets", "type": "retrieval", "source": str(triplets), "n_negatives": 1,
@@ -75,7 +75,7 @@ def test_prune_tiny_xlmr_end_to_end(tmp_path, tiny_xlmr_path):
     losses = {k for r in rows for k in r if k.startswith("loss/train/")}
     assert {"loss/train/cosent", "loss/train/infonce", "loss/train/infonce_sparse", "loss/train/infonce_colbert",
             "loss/train/self_distill", "loss/train/distill_similarity", "loss/train/distill_embedding",
-            "loss/train/lagrangian", "loss/train/total"} <= losses
+            "loss/train/distill_hidden", "loss/train/lagrangian", "loss/train/total"} <= losses
     assert all(math.isfinite(v) for r in rows for k, v in r.items() if k.startswith("loss/"))
     assert any("metrics/sts/STSSpearman" in r for r in rows)
     for name in ("layer", "head", "intermediate"):
@@ -114,6 +114,34 @@ def test_self_distillation_is_zero_gradient_at_agreement():
     loss.backward()
     # The teacher is softmax(2s); its cross-entropy with softmax(s) has a non-zero gradient unless s is flat.
     assert s.grad.abs().sum() > 0
+
+
+def test_hidden_distillation_ignores_padding():
+    student = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])  # third token is padding
+    teacher = torch.tensor([[[0.0, 2.0], [1.0, 1.0], [0.0, 0.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    # Real tokens: squared errors 1, 0, 4, 9 over 2 tokens x 2 dims.
+    assert hidden_distillation_loss(student, teacher, mask).item() == pytest.approx(14 / 4)
+    assert hidden_distillation_loss(teacher, teacher, mask).item() == 0.0
+
+
+def test_hidden_distillation_in_the_model(tmp_path, tiny_xlmr_path):
+    from bge_pruning.models.composer_bge_m3 import build_model
+    from bge_pruning.data.collate import PairCollator
+    from bge_pruning.data.sts import StsPair
+
+    cfg = load_config(tiny_config(tmp_path, tiny_xlmr_path))
+    model = build_model(cfg).eval()  # deterministic masks: the student differs from its frozen copy
+    with torch.no_grad():
+        model.l0_module.masks["head"].z_loga[:, 0] = -5.0
+    batch = PairCollator(model.tokenizer, 32)([StsPair("a b c d", "e f", 3.0), StsPair("g", "h i j k l", 1.0)])
+    with torch.no_grad():
+        out = model.forward(batch)
+        parts = model.loss(out, batch)
+        expected = 0.5 * sum(hidden_distillation_loss(out[v]["hidden"], model.teacher_encode(batch[v])["hidden"],
+                                                      batch[v]["attention_mask"]) for v in ("a", "b"))
+    assert expected.item() > 1e-4  # the pruned head changed the token states
+    assert parts["distill_hidden"].item() == pytest.approx(0.5 * expected.item(), rel=1e-5)
 
 
 def test_split_batch_keeps_passages_with_their_queries():

@@ -8,8 +8,8 @@ import torch
 from composer.models import ComposerModel
 from torchmetrics import Metric, SpearmanCorrCoef
 
-from ..training.losses import (cosent_loss, embedding_distillation_loss, info_nce_loss, self_distillation_loss,
-                               similarity_distillation_loss)
+from ..training.losses import (cosent_loss, embedding_distillation_loss, hidden_distillation_loss, info_nce_loss,
+                               self_distillation_loss, similarity_distillation_loss)
 from .heads import (COLBERT_FILE, SPARSE_FILE, ColbertHead, SparseHead, colbert_scores, dense_embedding,
                     lexical_matrix, special_token_ids)
 from .l0_module import ConfigError, L0Module, parse_target
@@ -36,6 +36,13 @@ class InBatchMRR(Metric):
 
     def compute(self) -> torch.Tensor:
         return self.rr_sum / self.count.clamp(min=1)
+
+
+TEACHER_LOSSES = ("distill_embedding", "distill_similarity", "distill_hidden")  # the loss.* weights that need a teacher
+
+
+def needs_teacher(loss_cfg: Mapping[str, Any]) -> bool:
+    return any(float(loss_cfg.get(k, 0) or 0) > 0 for k in TEACHER_LOSSES)
 
 
 class _Frozen:
@@ -82,7 +89,7 @@ class ComposerBGEM3(ComposerModel):
             raise ConfigError("loss.sparse > 0 needs model.heads.sparse: true")
         if c.get("colbert", 0) > 0 and self.colbert_head is None:
             raise ConfigError("loss.colbert > 0 needs model.heads.colbert: true")
-        if (c.get("distill_embedding", 0) > 0 or c.get("distill_similarity", 0) > 0) and self._teacher is None:
+        if needs_teacher(c) and self._teacher is None:
             raise ConfigError("loss.distill_* > 0 needs a teacher model")
 
     # ------------------------------------------------------------------ encoding
@@ -93,7 +100,8 @@ class ComposerBGEM3(ComposerModel):
     def encode(self, tokens: Mapping[str, torch.Tensor], zs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ids, mask = tokens["input_ids"], tokens["attention_mask"]
         hidden = self.backbone(ids, mask, **zs)
-        out = {"dense": dense_embedding(hidden, mask, self.pooling, self.normalize), "mask": mask, "ids": ids}
+        out = {"dense": dense_embedding(hidden, mask, self.pooling, self.normalize), "mask": mask, "ids": ids,
+               "hidden": hidden}
         if self.sparse_head is not None:
             out["sparse"] = lexical_matrix(self.sparse_head(hidden), ids, self.vocab_size, self.unused_token_ids)
         if self.colbert_head is not None:
@@ -101,11 +109,12 @@ class ComposerBGEM3(ComposerModel):
         return out
 
     @torch.no_grad()
-    def teacher_dense(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def teacher_encode(self, tokens: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The frozen teacher's last-layer token states and dense embedding."""
         assert self._teacher is not None
         teacher = self._teacher.to(tokens["input_ids"].device)
         hidden = teacher(tokens["input_ids"], tokens["attention_mask"])
-        return dense_embedding(hidden, tokens["attention_mask"], self.pooling, self.normalize)
+        return {"hidden": hidden, "dense": dense_embedding(hidden, tokens["attention_mask"], self.pooling, self.normalize)}
 
     # ------------------------------------------------------------------ Composer interface
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -136,7 +145,7 @@ class ComposerBGEM3(ComposerModel):
                 parts["cosent"] = c["cosent"] * cosent_loss(cos, batch["scores"], c.get("cosent_scale", 20.0))
             student_sim = a["dense"] @ b["dense"].T
             teacher_views = (batch["a"], batch["b"])
-            student_views = (a["dense"], b["dense"])
+            student_views = (a, b)
         else:
             q, p = outputs["query"], outputs["passages"]
             n = int(batch["n_passages_per_query"])
@@ -155,16 +164,19 @@ class ComposerBGEM3(ComposerModel):
                     [scores[k] for k in names], [weights[k] for k in names], tau)
             student_sim = scores["dense"]
             teacher_views = (batch["query"], batch["passages"])
-            student_views = (q["dense"], p["dense"])
-        if self._teacher is not None and (c.get("distill_embedding", 0) > 0 or c.get("distill_similarity", 0) > 0):
-            t_first, t_second = (self.teacher_dense(v) for v in teacher_views)
+            student_views = (q, p)
+        if self._teacher is not None and needs_teacher(c):
+            t_first, t_second = (self.teacher_encode(v) for v in teacher_views)
+            pairs = ((student_views[0], t_first), (student_views[1], t_second))
             if c.get("distill_embedding", 0) > 0:
-                parts["distill_embedding"] = c["distill_embedding"] * 0.5 * (
-                    embedding_distillation_loss(student_views[0], t_first)
-                    + embedding_distillation_loss(student_views[1], t_second))
+                parts["distill_embedding"] = c["distill_embedding"] * 0.5 * sum(
+                    embedding_distillation_loss(s["dense"], t["dense"]) for s, t in pairs)
             if c.get("distill_similarity", 0) > 0:
                 parts["distill_similarity"] = c["distill_similarity"] * similarity_distillation_loss(
-                    student_sim, t_first @ t_second.T, tau_d)
+                    student_sim, t_first["dense"] @ t_second["dense"].T, tau_d)
+            if c.get("distill_hidden", 0) > 0:
+                parts["distill_hidden"] = c["distill_hidden"] * 0.5 * sum(
+                    hidden_distillation_loss(s["hidden"], t["hidden"], s["mask"]) for s, t in pairs)
         if self.l0_module is not None and self.training:
             lag, metrics = self.l0_module.lagrangian_regularization()
             parts["lagrangian"] = lag
@@ -248,13 +260,13 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
 
     loss_cfg = {k: float(v) for k, v in lcfg.items()}
     teacher = None
-    if float(lcfg.distill_embedding) > 0 or float(lcfg.distill_similarity) > 0:
+    if needs_teacher(lcfg):
         if with_teacher:
             teacher_path = mcfg.get("teacher") or _teacher_of(mcfg.name_or_path, cfg.stage)
             teacher = (copy.deepcopy(backbone) if teacher_path == mcfg.name_or_path
                        else MaskedBGEM3Backbone.from_hf_model(load_hf_model(teacher_path, "model.teacher")[0]))
         else:
-            loss_cfg.update(distill_embedding=0.0, distill_similarity=0.0)
+            loss_cfg.update({k: 0.0 for k in TEACHER_LOSSES})
     return ComposerBGEM3(backbone, tokenizer, pooling=mcfg.pooling, normalize=bool(mcfg.normalize),
                          sparse_head=heads["sparse"], colbert_head=heads["colbert"], l0_module=l0, teacher=teacher,
                          loss_cfg=loss_cfg, base_model=_base_model_of(mcfg.name_or_path),

@@ -38,6 +38,15 @@ def embedding_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) ->
     return (student - teacher).pow(2).sum(-1).mean()
 
 
+def hidden_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between last-layer token states [B, T, D], over real tokens only (mask [B, T]).
+
+    Token-level, so it also constrains what the sparse and colbert heads read, not just the pooled vector.
+    """
+    keep = mask.to(student.dtype).unsqueeze(-1)
+    return ((student - teacher).pow(2) * keep).sum() / (keep.sum() * student.shape[-1]).clamp(min=1)
+
+
 def self_distillation_loss(head_scores: list[torch.Tensor], weights: list[float], temperature: float) -> torch.Tensor:
     """BGE-M3's unified self-distillation: each head learns the soft labels of the weighted ensemble.
 
