@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Efficiency of a pruned encoder vs its base: throughput, p50/p95 latency, peak memory, size, FLOPs.
 
-    python scripts/benchmark_efficiency.py BASE_DIR PRUNED_DIR [--batch-sizes 1 8 32] [--seq-lens 32 128 512]
+    python scripts/benchmark_efficiency.py BASE_DIR PRUNED_DIR  (BASE_DIR may be embedded:all-MiniLM-L6-v2) [--batch-sizes 1 8 32] [--seq-lens 32 128 512]
         [--repeats N] [--warmup N] [--device cpu|cuda|auto] [--threads N] [--dtype float32|float16|bfloat16]
         [--output results.json] [--plot results.png]
 

@@ -154,6 +154,8 @@ def test_benchmark_argument_errors(tiny_pair, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([str(base_dir), str(tmp_path / "empty"), "--device", "cpu"]) == 2
     assert f"PRUNED_DIR {tmp_path / 'empty'}: no config.json" in capsys.readouterr().err
+    assert main(["embedded:no-such-model", str(pruned_dir), "--device", "cpu"]) == 2
+    assert "BASE_DIR embedded:no-such-model: model.name_or_path: unknown embedded model" in capsys.readouterr().err
     with pytest.raises(BenchmarkError, match=r"--seq-lens \[500\] exceed .*128 tokens"):
         run_benchmark(base_dir, pruned_dir, seq_lens=[8, 500], batch_sizes=[1], device="cpu", repeats=1)
     with pytest.raises(BenchmarkError, match="--batch-sizes must be positive"):
@@ -165,3 +167,13 @@ def test_benchmark_argument_errors(tiny_pair, tmp_path, capsys):
     if not torch.cuda.is_available():
         with pytest.raises(BenchmarkError, match="--device cuda: CUDA is not available"):
             run_benchmark(base_dir, pruned_dir, seq_lens=[8], batch_sizes=[1], device="cuda")
+
+
+def test_embedded_base_model_loads():
+    from bge_pruning.benchmarks.efficiency import load_model
+
+    from bge_pruning.shapes import count_params
+
+    loaded = load_model("embedded:all-MiniLM-L6-v2", "base")
+    assert (loaded.model_dir / "config.json").is_file()
+    assert loaded.shape.n_layers == 6 and count_params(loaded.shape).total == 22_713_216

@@ -101,6 +101,13 @@ def load_model(model_dir: str | Path, role: str, dtype: str = "float32") -> Load
     import torch
     from transformers import AutoModel
 
+    from ..models.loading import EMBEDDED_PREFIX, resolve_model_path
+
+    if str(model_dir).startswith(EMBEDDED_PREFIX):  # embedded:all-MiniLM-L6-v2, as evaluate_model.py accepts
+        try:
+            model_dir = resolve_model_path(str(model_dir))
+        except Exception as exc:  # noqa: BLE001 - ModelLoadError names the missing package
+            raise BenchmarkError(f"{role.upper()}_DIR {model_dir}: {exc}") from exc
     model_dir = Path(model_dir)
     _check_model_dir(model_dir, role)
     try:
@@ -516,7 +523,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, description="Throughput, latency, memory, size and FLOPs of a pruned encoder vs its base "
                                "(measured interleaved).")
-    p.add_argument("base_dir", metavar="BASE_DIR", help="base model directory (AutoModel-loadable)")
+    p.add_argument("base_dir", metavar="BASE_DIR", help="base model directory (AutoModel-loadable) or embedded:NAME")
     p.add_argument("pruned_dir", metavar="PRUNED_DIR", help="pruned export directory")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], metavar="N")
     p.add_argument("--seq-lens", type=int, nargs="+", default=[32, 128, 512], metavar="T")
