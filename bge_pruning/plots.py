@@ -553,6 +553,19 @@ def pareto_front(runs: Iterable[ParetoRun]) -> list[ParetoRun]:
     return sorted(front, key=lambda r: (r.params, -r.spearman))
 
 
+def is_size_series(group: Sequence[ParetoRun]) -> bool:
+    """Whether a method's runs are joined by a line: only a series of different sizes. Variants of one size
+    (e.g. which layers a layer-drop model keeps) are alternatives, not a curve."""
+    return len(group) > 1 and len({r.params for r in group}) == len(group)
+
+
+def label_below(run: ParetoRun, runs: Sequence[ParetoRun]) -> bool:
+    """Put ``run``'s label under its point when a point just above it, at (almost) the same size, would cover it."""
+    span = (max(r.spearman for r in runs) - min(r.spearman for r in runs)) or 1.0
+    return any(o is not run and abs(o.params - run.params) <= 0.01 * run.params
+               and 0 <= o.spearman - run.spearman < 0.04 * span for o in runs)
+
+
 def plot_pareto(data: str | Path | Mapping[str, Any], out: str | Path, x: str = "auto") -> Path:
     """Parameters vs Spearman, one colour/marker per method, the Pareto front dashed, every point labelled."""
     runs, key = read_pareto_runs(data, x)
@@ -565,10 +578,11 @@ def plot_pareto(data: str | Path | Mapping[str, Any], out: str | Path, x: str = 
     for i, method in enumerate(methods):
         group = sorted((r for r in runs if r.method == method), key=lambda r: r.params)
         ax.plot([r.params / 1e6 for r in group], [r.spearman for r in group], marker=markers[i % len(markers)],
-                color=colors[i % len(colors)], linestyle="-" if len(group) > 1 else "none", linewidth=0.8,
+                color=colors[i % len(colors)], linestyle="-" if is_size_series(group) else "none", linewidth=0.8,
                 markersize=8, label=method)
     for r in runs:
-        ax.annotate(r.name, (r.params / 1e6, r.spearman), textcoords="offset points", xytext=(6, 5), fontsize=8)
+        ax.annotate(r.name, (r.params / 1e6, r.spearman), textcoords="offset points",
+                    xytext=(6, -12) if label_below(r, runs) else (6, 5), fontsize=8)
     front = pareto_front(runs)
     if len(front) > 1:
         ax.step([r.params / 1e6 for r in front], [r.spearman for r in front], where="post", color="0.3",

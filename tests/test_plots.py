@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bge_pruning.plots import (KeptStructure, PlotError, kept_structure_from_pruning_info, kept_structure_from_zs,
-                               load_kept_structure, main, pareto_front, plot_efficiency, plot_masks, plot_pareto,
-                               plot_training, read_pareto_runs, read_run_log, training_panels)
+from bge_pruning.plots import (KeptStructure, PlotError, is_size_series, kept_structure_from_pruning_info,
+                               kept_structure_from_zs, label_below, load_kept_structure, main, pareto_front,
+                               plot_efficiency, plot_masks, plot_pareto, plot_training, read_pareto_runs, read_run_log,
+                               training_panels)
 
 NAN = math.nan
 
@@ -199,6 +200,19 @@ RUNS = {"runs": [
     {"name": "drop-layers", "method": "layer-drop", "encoder_params": 50, "total_params": 250, "spearman": 0.78},
     {"name": "tie", "method": "layer-drop", "encoder_params": 40, "total_params": 240, "spearman": 0.83},
 ]}
+
+
+def test_pareto_lines_and_labels():
+    runs, _ = read_pareto_runs(RUNS)
+    by = {r.name: r for r in runs}
+    assert is_size_series([by["l0-60"], by["l0-30"]])
+    assert not is_size_series([by["drop-layers"]])
+    same_size = read_pareto_runs({"runs": [dict(RUNS["runs"][3], name=f"v{i}", spearman=0.7 + i / 100)
+                                           for i in range(3)]})[0]
+    assert not is_size_series(same_size)  # variants of one size are not a curve
+    # 'tie' sits exactly on 'l0-60' (same size, same score): one of the two labels moves below its point.
+    assert label_below(by["tie"], runs) and label_below(by["l0-60"], runs)
+    assert not label_below(by["base"], runs) and not label_below(by["drop-layers"], runs)
 
 
 def test_read_pareto_runs_and_front(tmp_path):
