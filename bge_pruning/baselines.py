@@ -50,11 +50,6 @@ def choose_layers(n_layers: int, n_keep: int, rule: str = "ends") -> list[int]:
     raise ValueError(f"unknown layer rule {rule!r}; one of {', '.join(LAYER_RULES)}")
 
 
-def every_other_layer(n_layers: int, n_keep: int) -> list[int]:
-    """``choose_layers(n_layers, n_keep, "bottom")``: 6 -> 3 gives [0, 2, 4]."""
-    return choose_layers(n_layers, n_keep, "bottom")
-
-
 def check_keep_layers(keep_layers: Sequence[int], n_layers: int) -> list[int]:
     """Sorted, validated layer indices (no duplicates, each in ``[0, n_layers)``, at least one)."""
     keep = [int(i) for i in keep_layers]

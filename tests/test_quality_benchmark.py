@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bge_pruning.baselines import build_layer_drop, check_keep_layers, choose_layers, every_other_layer, layer_drop_zs
+from bge_pruning.baselines import build_layer_drop, check_keep_layers, choose_layers, layer_drop_zs
 from bge_pruning.config import load_config
 from bge_pruning.models.masked_encoder import MaskedBGEM3Backbone
 
@@ -41,15 +41,15 @@ def test_layer_rules():
     assert bq.LAYER_RULES == __import__("bge_pruning.baselines", fromlist=["x"]).LAYER_RULES
 
 
-def test_every_other_layer():
-    assert every_other_layer(6, 3) == [0, 2, 4]
-    assert every_other_layer(12, 6) == [0, 2, 4, 6, 8, 10]
-    assert every_other_layer(12, 4) == [0, 3, 6, 9]
-    assert every_other_layer(4, 4) == [0, 1, 2, 3]
-    assert every_other_layer(5, 1) == [0]
-    for bad in ((6, 0), (6, 7), (0, 1)):
-        with pytest.raises(ValueError):
-            every_other_layer(*bad)
+def test_bottom_rule_and_bad_counts():
+    assert choose_layers(12, 6, "bottom") == [0, 2, 4, 6, 8, 10]
+    assert choose_layers(12, 4, "bottom") == [0, 3, 6, 9]
+    assert choose_layers(4, 4, "bottom") == [0, 1, 2, 3]
+    assert choose_layers(5, 1, "bottom") == [0]
+    for rule in ("ends", "bottom", "top"):
+        for bad in ((6, 0), (6, 7), (0, 1)):
+            with pytest.raises(ValueError):
+                choose_layers(*bad, rule)
     assert bq.layer_drop_count(6, 50) == 3
 
 
