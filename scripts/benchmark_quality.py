@@ -314,9 +314,8 @@ def stage_summary(run_dir: Path) -> dict[str, Any]:
 
 
 # ====================================================================== evaluation
-def export_params(model_dir: Path) -> dict[str, int]:
-    info = json.loads((model_dir / "pruning_info.json").read_text())
-    return info["params"]["exported"]
+def pruning_info(model_dir: Path) -> dict[str, Any]:
+    return json.loads((model_dir / "pruning_info.json").read_text())
 
 
 def evaluate_dev(model_dir: Path | str, pairs: Sequence[Any], dev: Path, cache: Path | None) -> dict[str, float]:
@@ -500,11 +499,13 @@ def run_one(args, name: str, method: str, target: int, out_dir: Path, train_file
         wall_seconds += float(summary.get("wall_seconds", summary["train_seconds"]))
 
     model_dir = final_dir / "model"
-    params = export_params(model_dir)
-    # The shape as exported (not as requested), and which of the base's layers survive.
-    shape_note = shape_label(json.loads((model_dir / "pruning_info.json").read_text())["achieved_shape"])
+    info = pruning_info(model_dir)
+    params = info["params"]["exported"]
+    # The shape as exported (not as requested), and which of the base's layers survive: for L0 the prune stage's
+    # export says (the finetune stage's counts layers of its pruned input).
+    shape_note = shape_label(info["achieved_shape"])
     if method == "l0":
-        kept_layers = json.loads((out_dir / f"{name}_prune" / "model" / "pruning_info.json").read_text())["kept_layers"]
+        kept_layers = pruning_info(out_dir / f"{name}_prune" / "model")["kept_layers"]
     if kept_layers is not None and len(kept_layers) < base_shape.n_layers:
         shape_note += f" (layers {kept_layers})"
     scores = evaluate_dev(model_dir, dev_pairs, dev_file, final_dir / "dev_eval.json")
@@ -563,7 +564,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="which layers each layer-drop variant keeps (bge_pruning.baselines.choose_layers): ends = "
                          "DistilBERT's (first and last included), bottom = every other from the first, top = every "
                          "other ending at the last (default: all three)")
-    ap.add_argument("--l0-shape", nargs="+", default=[], metavar="T=LxHxI",
+    ap.add_argument("--l0-shape", nargs="+", default=[], metavar="T=NL/NH/NI",
                     help="L0 target shape for target T, e.g. 50=6L/6H/768I (default: the balanced shape that "
                          "scripts/target_shapes.py ranks first)")
     ap.add_argument("--out-dir", type=Path, default=ROOT / "experiments" / "quality")

@@ -171,7 +171,6 @@ def test_benchmark_argument_errors(tiny_pair, tmp_path, capsys):
 
 def test_embedded_base_model_loads():
     from bge_pruning.benchmarks.efficiency import load_model
-
     from bge_pruning.shapes import count_params
 
     loaded = load_model("embedded:all-MiniLM-L6-v2", "base")

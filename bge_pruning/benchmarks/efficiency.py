@@ -101,12 +101,12 @@ def load_model(model_dir: str | Path, role: str, dtype: str = "float32") -> Load
     import torch
     from transformers import AutoModel
 
-    from ..models.loading import EMBEDDED_PREFIX, resolve_model_path
+    from ..models.loading import EMBEDDED_PREFIX, ModelLoadError, resolve_model_path
 
     if str(model_dir).startswith(EMBEDDED_PREFIX):  # embedded:all-MiniLM-L6-v2, as evaluate_model.py accepts
         try:
             model_dir = resolve_model_path(str(model_dir))
-        except Exception as exc:  # noqa: BLE001 - ModelLoadError names the missing package
+        except ModelLoadError as exc:  # an unknown name, or the package that ships it is missing
             raise BenchmarkError(f"{role.upper()}_DIR {model_dir}: {exc}") from exc
     model_dir = Path(model_dir)
     _check_model_dir(model_dir, role)
