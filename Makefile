@@ -1,17 +1,20 @@
 # One command to install and run the main job, one to install and run the tests (see README).
-# Installing is a no-op when .venv is already up to date with requirements.txt and setup.py.
+# `make install` installs the exact versions pinned in requirements.lock, then this package without
+# dependencies. It is a no-op while .venv is newer than the lock and pyproject.toml; editing either
+# reinstalls. `make lock` regenerates the lock from pyproject.toml's direct requirements.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lock clean
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -r requirements.txt
+	$(VENV)/bin/pip install -r $(LOCK)
 	$(VENV)/bin/pip install --no-deps -e .
 	touch $(STAMP)
 
@@ -25,6 +28,17 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# Resolve pyproject.toml's dependencies and every extra (the whole transitive set, for every platform
+# and Python the package supports) into requirements.lock with uv's resolver, kept in its own venv.
+# Existing pins are kept where they still satisfy pyproject.toml; `make lock UPGRADE=1` moves every
+# package to its newest allowed version. Review the diff, then `make test` installs it.
+UV_VERSION ?= 0.13.8
+LOCK_VENV  ?= .venv-lock
+lock:
+	test -x $(LOCK_VENV)/bin/uv || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install uv==$(UV_VERSION); }
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml --all-extras --universal --python-version 3.10 \
+		--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -o $(LOCK)
 
 clean:
 	rm -rf experiments/demo-*
