@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bge_pruning.config import load_config
     from bge_pruning.data import DataError, dataset_shortcut
+    from bge_pruning.errors import UserError
     from bge_pruning.models.l0_module import ConfigError
     from bge_pruning.models.loading import ModelLoadError
     from bge_pruning.training.callbacks import NonFiniteLossError, TrainingOutOfMemoryError
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             summary = run(cfg)
         except torch.cuda.OutOfMemoryError as e:  # outside the training loop (model to the GPU, say)
             raise TrainingOutOfMemoryError(out_of_memory_message(cfg, None, e)) from None
-    except (ConfigError, DataError, ModelLoadError, CheckpointError, NonFiniteLossError,
+    except (UserError, ConfigError, DataError, ModelLoadError, CheckpointError, NonFiniteLossError,
             TrainingOutOfMemoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -71,6 +72,8 @@ def print_summary(summary: dict) -> None:
         s = summary["final_shape"]
         print(f"final shape: {s['n_layers']} layers, heads per layer {s['heads_per_layer']}, "
               f"intermediate per layer {s['intermediate_per_layer']}")
+    for warning in summary.get("convergence", {}).get("warnings", []):
+        print(f"warning: pruning did not converge: {warning}")
     print(f"exported model: {summary['export_dir']}")
     if "before_after_table" in summary:
         print("\n" + summary["before_after_table"])

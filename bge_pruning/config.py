@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
         "normalize": True,
         "teacher": None,  # distillation teacher; default: the initial weights (prune) / the export's base (finetune)
         "heads": {"sparse": False, "colbert": False},
+        # Vocabulary pruning before training (bge_pruning.vocab): keep the tokens these corpora use. The
+        # distillation teacher is trimmed to the same ids, so both see exactly the same tokens.
+        "vocab": {"corpus": None, "min_count": 1, "max_vocab": None, "keep_tokens": None},
         "l0_module": {
             "pruning_modules": ["layer", "head", "intermediate"],
             "start_sparsity": 0.0,
@@ -65,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "lr": 2.0e-5,
         "l0_lr": None,  # mask log-alphas; LLM-Shearing uses lag_lr for both
         "lag_lr": 1.0,  # Lagrange multipliers, applied as -lag_lr (gradient ascent)
+        "grad_clip_norm": None,  # clip the global gradient norm (Composer's GradientClipping); LLM-Shearing uses 1.0
         "weight_decay": 0.0,  # decoupled (Composer): p *= 1 - wd * lr/lr0 per step, so use ~1e-5, not 0.01
         "betas": [0.9, 0.999],
         "eps": 1.0e-8,

@@ -112,3 +112,46 @@ def test_parse_target_errors(cfg, msg):
 
 def test_parse_target_accepts_whole_floats():
     assert parse_target({"n_layers": 4.0, "n_heads": 6, "intermediate_size": 768}, BASE) == TARGET
+
+
+def test_deterministic_masks_read_clamped_log_alphas():
+    """An optimizer step can leave log-alphas past the clamp until the next forward: the deterministic soft
+    value must be the clamped one (sigmoid(ln 100 / T * 0.8)), not the raw one."""
+    l0 = make()
+    mask = l0.masks["head"]
+    with torch.no_grad():
+        mask.z_loga.fill_(4.76)  # past ln 100 = 4.605
+        mask.z_loga[:, :6] = -4.76  # past ln 0.01
+    z = mask.deterministic_z()
+    top = 1 / (1 + math.exp(-math.log(100) / TEMPERATURE * 0.8))
+    assert torch.allclose(z[:, 6:], torch.full((6, 6), top), atol=1e-6)
+    assert (z[:, :6] == 0).all()
+    assert mask.z_loga.max().item() == pytest.approx(4.76)  # reading does not change the parameter
+
+
+def test_convergence_report_flags_gap_and_dead_units():
+    l0 = make()
+    # Fresh gates are all open: expected sparsity ~0 against targets of 1/3 (layers), 1/2 (heads, FFN).
+    report = l0.convergence_report()
+    assert not report["converged"]
+    assert report["modules"]["head"]["gap"] == pytest.approx(0.5, abs=0.01)
+    assert report["modules"]["layer"]["gap"] == pytest.approx(1 / 3, abs=0.01)
+    assert any("head masks: expected sparsity" in w for w in report["warnings"])
+    # Put the gates where the target is: 6 of 12 heads open, the rest closed -> gap ~0 (the clamp keeps a
+    # closed gate's keep-probability at 0.047, so the expected sparsity is 0.5 - 0.5 * 0.047).
+    with torch.no_grad():
+        for name, keep in (("layer", 4), ("head", 6), ("intermediate", 768)):
+            z = l0.masks[name].z_loga
+            z.fill_(math.log(100))
+            z[..., keep:] = math.log(0.01)
+    report = l0.convergence_report()
+    for name in ("layer", "head", "intermediate"):
+        assert report["modules"][name]["gap"] < 0.05, report
+    assert report["converged"] and report["modules"]["head"]["dead_share"] == 0.0
+    # Half of the kept FFN units barely open: deterministic value sigmoid(-2 / T * 0.8) = 0.083 is not dead,
+    # sigmoid(-4 / T * 0.8) = 0.008 is.
+    with torch.no_grad():
+        l0.masks["intermediate"].z_loga[:, :384] = -4.0 + torch.linspace(0, 0.01, 384)
+    report = l0.convergence_report()
+    assert report["modules"]["intermediate"]["dead_share"] == pytest.approx(0.5)
+    assert any("below 0.05" in w for w in report["warnings"])

@@ -172,3 +172,53 @@ def test_bge_m3_head_files_are_loaded(tmp_path, tiny_xlmr_path):
     for head, filename in ((model.sparse_head, "sparse_linear.pt"), (model.colbert_head, "colbert_linear.pt")):
         saved = torch.load(tiny_xlmr_path / filename)
         assert torch.equal(head.linear.weight, saved["weight"]) and torch.equal(head.linear.bias, saved["bias"])
+
+
+def test_vocab_trim_before_training(tmp_path, tiny_xlmr_path):
+    """model.vocab trims student and teacher to the same ids before training; the export and a checkpoint
+    rebuilt offline both have the trimmed vocabulary."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from bge_pruning.training.checkpoint import load_composer_model
+    from bge_pruning.training.run import run
+    from tiny_models import corpus
+
+    texts = tmp_path / "corpus.txt"
+    texts.write_text("\n".join(corpus(20, seed=3)) + "\n")
+    path = tiny_config(tmp_path, tiny_xlmr_path, max_duration="12ba", save_interval="12ba", eval_interval="12ba")
+    cfg = load_config(path, [f"model.vocab.corpus=[{texts}]"])
+    trainer, model = build_trainer(cfg)
+    kept = model.vocab_record["kept_base_ids"]
+    base_tok = AutoTokenizer.from_pretrained(tiny_xlmr_path)
+    assert 5 < len(kept) < len(base_tok)
+    assert model.backbone.embeddings.word_embeddings.num_embeddings == len(kept) == len(model.tokenizer)
+    teacher = model._teacher.module
+    assert torch.equal(teacher.embeddings.word_embeddings.weight, model.backbone.embeddings.word_embeddings.weight)
+    sample = corpus(20, seed=3)[0]
+    assert [kept[i] for i in model.tokenizer(sample)["input_ids"]] == base_tok(sample)["input_ids"]
+    trainer.close()
+
+    summary = run(load_config(path, [f"model.vocab.corpus=[{texts}]", f"run_name=vocab"]))
+    export = tmp_path / "model"
+    info = json.loads((export / "pruning_info.json").read_text())
+    assert info["vocabulary"]["kept_size"] == len(kept)
+    assert AutoConfig.from_pretrained(export, trust_remote_code=True).vocab_size == len(kept)
+    assert len(AutoTokenizer.from_pretrained(export)) == len(kept)
+    rebuilt = load_composer_model(tmp_path / "ckpt" / "latest-rank0.pt")
+    assert rebuilt.backbone.embeddings.word_embeddings.num_embeddings == len(kept)
+    assert rebuilt.export_info()["vocabulary"]["kept_base_ids"] == kept
+    assert summary["steps"] == 12
+
+
+def test_grad_clip_norm_adds_composer_gradient_clipping(tmp_path, tiny_xlmr_path):
+    from composer.algorithms import GradientClipping
+
+    from bge_pruning.models.l0_module import ConfigError
+    from bge_pruning.training.run import build_algorithms
+
+    cfg = load_config(tiny_config(tmp_path, tiny_xlmr_path), ["train.grad_clip_norm=1.0"])
+    clips = [a for a in build_algorithms(cfg.train) if isinstance(a, GradientClipping)]
+    assert len(clips) == 1 and clips[0].clipping_type == "norm" and clips[0].clipping_threshold == 1.0
+    assert not any(isinstance(a, GradientClipping) for a in build_algorithms(load_config(tiny_config(tmp_path, tiny_xlmr_path)).train))
+    with pytest.raises(ConfigError, match="train.grad_clip_norm must be a positive number"):
+        build_algorithms(load_config(tiny_config(tmp_path, tiny_xlmr_path), ["train.grad_clip_norm=-1"]).train)

@@ -19,8 +19,9 @@ def corpus(n: int = 400, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "." for _ in range(n)]
 
 
-def train_xlmr_tokenizer(out_dir: Path, vocab_size: int = 300):
-    """A SentencePiece-style Unigram tokenizer with XLM-R's special tokens and ids (<s>=0, <pad>=1, </s>=2, <unk>=3)."""
+def train_xlmr_tokenizer(out_dir: Path, vocab_size: int = 300, texts: list[str] | None = None):
+    """A SentencePiece-style Unigram tokenizer with XLM-R's special tokens and ids (<s>=0, <pad>=1, </s>=2, <unk>=3),
+    trained on ``texts`` (default: a small synthetic corpus)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import XLMRobertaTokenizerFast
 
@@ -28,7 +29,7 @@ def train_xlmr_tokenizer(out_dir: Path, vocab_size: int = 300):
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
     trained.pre_tokenizer = pre_tokenizers.Metaspace()
-    trained.train_from_iterator(corpus(), trainer)
+    trained.train_from_iterator(texts if texts is not None else corpus(), trainer)
     # The trainer orders pieces with equal scores nondeterministically: sort them so ids are reproducible.
     # Required single characters get scores min - 1e-4 * k in hash-map order (Rust's per-process seed):
     # rounding puts them in one bucket, ordered by the piece itself.
@@ -51,13 +52,14 @@ def train_xlmr_tokenizer(out_dir: Path, vocab_size: int = 300):
 
 
 def build_tiny_xlmr(out_dir: Path, n_layers: int = 4, n_heads: int = 4, hidden: int = 32,
-                    intermediate: int = 64, seed: int = 0, bge_m3_heads: bool = False) -> Path:
+                    intermediate: int = 64, seed: int = 0, bge_m3_heads: bool = False,
+                    texts: list[str] | None = None, vocab_size: int = 300) -> Path:
     """Save a random tiny XLMRobertaModel + trained tokenizer (+ BGE-M3 head files) to ``out_dir``."""
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_xlmr_tokenizer(out_dir)
+    tokenizer = train_xlmr_tokenizer(out_dir, vocab_size, texts)
     torch.manual_seed(seed)
     config = XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=n_layers,
                               num_attention_heads=n_heads, intermediate_size=intermediate,

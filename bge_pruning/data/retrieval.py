@@ -95,7 +95,8 @@ def text_value(place: str, key: str, value: Any, allow_empty: bool = False) -> s
     return value
 
 
-def iter_jsonl_triplets(path: Path, n_negatives: int) -> Iterator[Triplet]:
+def iter_jsonl_triplets(path: Path, n_negatives: int | None) -> Iterator[Triplet]:
+    """Triplets of a jsonl file with the first ``n_negatives`` negatives of each row (all of them for None)."""
     for i, line in enumerate(read_lines(path)):
         if not line.strip():
             continue
@@ -118,7 +119,7 @@ def iter_jsonl_triplets(path: Path, n_negatives: int) -> Iterator[Triplet]:
         if not isinstance(neg, list):
             raise DataError(f"{place}: neg must be a list of strings, got {type(neg).__name__}")
         negatives = tuple(text_value(place, f"neg[{j}]", n) for j, n in enumerate(neg))
-        if len(negatives) < n_negatives:
+        if n_negatives is not None and len(negatives) < n_negatives:
             raise DataError(f"{place}: {len(negatives)} negative(s) in neg, but n_negatives is {n_negatives}")
         for p in positives:
             yield Triplet(query, p, negatives[:n_negatives])

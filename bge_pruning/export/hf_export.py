@@ -33,6 +33,7 @@ from torch import nn
 
 from ..models.heads import COLBERT_FILE, POOLING_MODES, SPARSE_FILE
 from ..shapes import EncoderShape, count_params, kept_share
+from ..vocab import write_wordpiece_vocab_txt
 from . import modeling_pruned
 from .verify import (ExportError, check_close, check_head_file, check_loading_info, count_module_params,
                      max_abs_diff_on_tokens)
@@ -120,6 +121,7 @@ def export_pruned_model(
         state = None
         stage = "writing the tokenizer"
         tokenizer.save_pretrained(str(tmp))
+        write_wordpiece_vocab_txt(tmp)
         stage = "writing the head files"
         heads_info = _write_heads(tmp, sparse_head, colbert_head)
         stage = "writing the sentence-transformers files"

@@ -77,6 +77,7 @@ class ComposerBGEM3(ComposerModel):
         self.loss_cfg = dict(loss_cfg or {})
         self.base_model = base_model
         self.prior_pruning = dict(prior_pruning or {})  # pruning_info.json of a pruned model being finetuned
+        self.vocab_record: dict[str, Any] | None = None  # set when model.vocab trimmed the vocabulary
         self.unused_token_ids = special_token_ids(tokenizer)
         self.vocab_size = backbone.config.vocab_size
         self.last_metrics: dict[str, float] = {}  # L0 metrics of the last training step, for PruningCallback
@@ -214,6 +215,10 @@ class ComposerBGEM3(ComposerModel):
             info["target_shape"] = {"n_layers": t.n_layers, "n_heads": t.n_heads,
                                     "intermediate_size": t.intermediate_size}
             info["pruning_modules"] = list(self.l0_module.pruning_modules)
+            info["convergence"] = self.l0_module.convergence_report()
+        vocabulary = self.vocab_record or self.prior_pruning.get("vocabulary")
+        if vocabulary:
+            info["vocabulary"] = vocabulary
         if self.prior_pruning:
             info["pruned_by"] = {k: self.prior_pruning[k] for k in
                                  ("base_shape", "target_shape", "kept_layers", "kept_heads", "params", "training_steps")
@@ -228,13 +233,20 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
     architecture from its saved config); ``with_teacher=False`` skips the distillation teacher.
     """
     mcfg, lcfg = cfg.model, cfg.loss
-    if hf_model is None:
+    fresh = hf_model is None  # a checkpoint's saved config is already trimmed: model.vocab applies once
+    if fresh:
         hf_model, tokenizer = load_hf_model(mcfg.name_or_path)
     if len(tokenizer) > hf_model.config.vocab_size:
         raise ModelLoadError(f"model.name_or_path: the tokenizer has {len(tokenizer)} tokens but the model's "
                              f"vocabulary has {hf_model.config.vocab_size}: tokenizer and model do not match")
     backbone = MaskedBGEM3Backbone.from_hf_model(hf_model)
     del hf_model
+    vocab_record = None
+    vcfg = mcfg.get("vocab")
+    if fresh and vcfg is not None and vcfg.get("corpus"):
+        from ..vocab import trim_for_run
+
+        tokenizer, vocab_record = trim_for_run(backbone, tokenizer, vcfg)
     if mcfg.pooling not in ("cls", "mean"):
         raise ConfigError(f"model.pooling must be 'cls' or 'mean', got {mcfg.pooling!r}")
 
@@ -263,14 +275,42 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
     if needs_teacher(lcfg):
         if with_teacher:
             teacher_path = mcfg.get("teacher") or _teacher_of(mcfg.name_or_path, cfg.stage)
-            teacher = (copy.deepcopy(backbone) if teacher_path == mcfg.name_or_path
-                       else MaskedBGEM3Backbone.from_hf_model(load_hf_model(teacher_path, "model.teacher")[0]))
+            if teacher_path == mcfg.name_or_path:
+                teacher = copy.deepcopy(backbone)  # after the vocabulary trim: the same tokens
+            else:
+                teacher = MaskedBGEM3Backbone.from_hf_model(load_hf_model(teacher_path, "model.teacher")[0])
+                _trim_teacher_vocab(teacher, _pruning_info(mcfg.name_or_path).get("vocabulary"), vocab_record,
+                                    backbone.config.vocab_size)
         else:
             loss_cfg.update({k: 0.0 for k in TEACHER_LOSSES})
-    return ComposerBGEM3(backbone, tokenizer, pooling=mcfg.pooling, normalize=bool(mcfg.normalize),
-                         sparse_head=heads["sparse"], colbert_head=heads["colbert"], l0_module=l0, teacher=teacher,
-                         loss_cfg=loss_cfg, base_model=_base_model_of(mcfg.name_or_path),
-                         prior_pruning=_pruning_info(mcfg.name_or_path))
+    model = ComposerBGEM3(backbone, tokenizer, pooling=mcfg.pooling, normalize=bool(mcfg.normalize),
+                          sparse_head=heads["sparse"], colbert_head=heads["colbert"], l0_module=l0, teacher=teacher,
+                          loss_cfg=loss_cfg, base_model=_base_model_of(mcfg.name_or_path),
+                          prior_pruning=_pruning_info(mcfg.name_or_path))
+    model.vocab_record = vocab_record
+    return model
+
+
+def _trim_teacher_vocab(teacher: MaskedBGEM3Backbone, prior: Mapping[str, Any] | None,
+                        record: Mapping[str, Any] | None, student_vocab: int) -> None:
+    """Give a separately loaded teacher the student's vocabulary: the ids an earlier trim kept (a trimmed
+    export being finetuned against its untrimmed base), then the ids this run's ``model.vocab`` kept."""
+    from ..vocab import trim_embeddings
+
+    ids: list[int] | None = None
+    if prior and prior.get("kept_base_ids"):
+        ids = list(prior["kept_base_ids"])
+    if record:
+        ids = [ids[i] for i in record["kept_base_ids"]] if ids is not None else list(record["kept_base_ids"])
+    if ids is None:
+        if teacher.config.vocab_size != student_vocab:
+            raise ModelLoadError(f"model.teacher: its vocabulary has {teacher.config.vocab_size} tokens, the "
+                                 f"student's {student_vocab}: distillation needs the same tokenizer")
+        return
+    if max(ids) >= teacher.config.vocab_size:
+        raise ModelLoadError(f"model.teacher: its vocabulary has {teacher.config.vocab_size} tokens, too few for the "
+                             f"student's trimmed vocabulary (base id {max(ids)}): not the model it was trimmed from")
+    trim_embeddings(teacher, ids)
 
 
 def _steps(value: Any, key: str) -> int:

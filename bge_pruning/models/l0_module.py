@@ -30,6 +30,8 @@ INIT_MEAN = 5.0  # LLM-Shearing starts every gate almost surely open
 MAGICAL_NUMBER = 0.8  # LLM-Shearing's scale of log-alpha in the deterministic soft mask
 LOG_ALPHA_MIN, LOG_ALPHA_MAX = math.log(1e-2), math.log(1e2)
 PRUNING_MODULES = ("layer", "head", "intermediate")
+DEAD_BELOW = 0.05  # a kept unit whose deterministic value is below this is kept in name only
+MAX_SPARSITY_GAP = 0.05  # |expected - target| sparsity per module above which pruning is reported unconverged
 
 
 class ConfigError(ValueError):
@@ -90,7 +92,9 @@ class Mask(nn.Module):
 
     @torch.no_grad()
     def deterministic_z(self) -> torch.Tensor:
-        rows = self.z_loga.reshape(-1, self.mask_size)
+        # Read through the clamp: between an optimizer step and the next forward (which clamps in place) the
+        # log-alphas can sit past [ln 0.01, ln 100], and the deterministic mask must not depend on when it is read.
+        rows = self.z_loga.clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX).reshape(-1, self.mask_size)
         return torch.stack([self._deterministic_row(r) for r in rows]).reshape(self.z_loga.shape)
 
     @torch.no_grad()
@@ -244,6 +248,33 @@ class L0Module(nn.Module):
             # so kept layers are exactly 1 and dropped layers exactly 0.
             zs["layer_z"] = (zs["layer_z"] > 0).to(zs["layer_z"].dtype)
         return zs
+
+    @torch.no_grad()
+    def convergence_report(self, dead_below: float = DEAD_BELOW, max_gap: float = MAX_SPARSITY_GAP) -> dict[str, Any]:
+        """How far the masks are from the target when they are cut: per module |expected - target| sparsity
+        (the full target, not the warmup's) and the share of kept units whose deterministic value is below
+        ``dead_below`` (exported at almost zero scale: kept in name only). ``converged`` is False, with the
+        reasons in ``warnings``, when a gap exceeds ``max_gap`` or more than 5% of a module's kept units are dead."""
+        zs = self.deterministic_zs()
+        modules: dict[str, Any] = {}
+        warnings: list[str] = []
+        for name, mask in self.masks.items():
+            expected = float(mask.expected_sparsity().mean())
+            target = float(mask.target_sparsity) if mask.target_sparsity is not None else expected
+            z = zs[f"{name}_z"]
+            kept = z[z != 0]
+            dead = float((kept < dead_below).float().mean()) if kept.numel() and name != "layer" else 0.0
+            modules[name] = {"expected_sparsity": expected, "target_sparsity": target,
+                             "gap": abs(expected - target), "kept_units": int(kept.numel()),
+                             "dead_share": dead}
+            if abs(expected - target) > max_gap:
+                warnings.append(f"{name} masks: expected sparsity {expected:.3f} vs target {target:.3f}: the "
+                                "Lagrangian had not converged when the masks were cut (train longer, or raise lag_lr)")
+            if dead > 0.05:
+                warnings.append(f"{name} masks: {dead:.1%} of the kept units have a deterministic value below "
+                                f"{dead_below}; they are exported at almost zero scale")
+        return {"modules": modules, "dead_below": dead_below, "max_gap": max_gap,
+                "converged": not warnings, "warnings": warnings}
 
     def expected_shape(self) -> EncoderShape:
         """The shape the deterministic masks produce now."""

@@ -6,6 +6,7 @@ weights). With those the architecture is rebuilt without the hub and the checkpo
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ from ..models.composer_bge_m3 import ComposerBGEM3, build_model
 
 RUN_CONFIG = "config.yaml"
 BASE_MODEL_DIR = "base_model"
+VOCAB_RECORD = "vocabulary.json"
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ def save_run_files(folder: Path, cfg: Any, model: ComposerBGEM3) -> None:
     base = folder / BASE_MODEL_DIR
     model.backbone.config.save_pretrained(base)
     model.tokenizer.save_pretrained(base)
+    if model.vocab_record:  # the config and tokenizer above are trimmed; the export records how
+        (base / VOCAB_RECORD).write_text(json.dumps(model.vocab_record))
 
 
 def _find_run_folder(checkpoint: Path) -> Path:
@@ -57,6 +61,8 @@ def load_composer_model(path: str | Path) -> ComposerBGEM3:
     hf_model = AutoModel.from_config(hf_config, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=True)
     model = build_model(cfg, hf_model=hf_model, tokenizer=tokenizer, with_teacher=False)
+    if (base / VOCAB_RECORD).is_file():
+        model.vocab_record = json.loads((base / VOCAB_RECORD).read_text())
     try:
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]
         state = saved["model"]

@@ -71,6 +71,20 @@ class OutputsInLoss(Algorithm):
             state.loss["total"] = state.loss["total"] + 0.0 * sum(t.float().sum() for t in tensors)
 
 
+def build_algorithms(tcfg: Any) -> list[Algorithm]:
+    """``OutputsInLoss`` always; Composer's ``GradientClipping`` (global norm, every parameter group, as
+    LLM-Shearing) when ``train.grad_clip_norm`` is set."""
+    algorithms: list[Algorithm] = [OutputsInLoss()]
+    clip = tcfg.get("grad_clip_norm")
+    if clip is not None:
+        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
+            raise ConfigError(f"train.grad_clip_norm must be a positive number or null, got {clip!r}")
+        from composer.algorithms import GradientClipping
+
+        algorithms.append(GradientClipping(clipping_type="norm", clipping_threshold=float(clip)))
+    return algorithms
+
+
 def _data_spec(loader: DataLoader) -> DataSpec:
     return DataSpec(loader, get_num_samples_in_batch=num_samples_in_batch, split_batch=split_batch)
 
@@ -177,7 +191,7 @@ def build_trainer(cfg: Any, model: ComposerBGEM3 | None = None) -> tuple[Trainer
         precision=tcfg.precision,
         device_train_microbatch_size=tcfg.device_train_microbatch_size or int(tcfg.batch_size),
         parallelism_config={"fsdp": fsdp} if fsdp else None,
-        algorithms=[OutputsInLoss()],
+        algorithms=build_algorithms(tcfg),
         callbacks=callbacks,
         loggers=loggers,
         run_name=cfg.run_name,
@@ -254,6 +268,9 @@ def run(cfg: Any) -> dict[str, Any]:
     if model.l0_module is not None:
         summary["final_shape"] = model.l0_module.expected_shape().to_dict()
         summary["l0"] = dict(model.last_metrics)
+        summary["convergence"] = model.l0_module.convergence_report()
+        for warning in summary["convergence"]["warnings"]:
+            log.warning("pruning did not converge: %s", warning)
     if dist.get_global_rank() == 0:
         from ..export import export_composer_model
 
