@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -107,14 +107,12 @@ class VocabPlan:
     min_count: int
     max_vocab: int | None
     dropped_by_cap: int = 0
-    config: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"base_size": self.base_size, "kept_size": len(self.kept_ids), "always_kept": self.n_always,
                 "from_corpus": self.n_from_corpus, "from_keep_tokens": self.n_from_keep_tokens,
                 "corpus_tokens": self.corpus_tokens, "corpus_distinct_tokens": self.corpus_distinct,
-                "min_count": self.min_count, "max_vocab": self.max_vocab, "dropped_by_max_vocab": self.dropped_by_cap,
-                **self.config}
+                "min_count": self.min_count, "max_vocab": self.max_vocab, "dropped_by_max_vocab": self.dropped_by_cap}
 
 
 def plan_vocabulary(tokenizer: Any, texts: Sequence[str], *, vocab_size: int | None = None, min_count: int = 1,
