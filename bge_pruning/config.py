@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
         "name_or_path": REQUIRED,  # hub id, local directory, or "embedded:all-MiniLM-L6-v2"
         "pooling": "cls",  # cls (BGE-M3) | mean (MiniLM / sentence-transformers)
         "normalize": True,
+        "trust_remote_code": False,  # run modeling code from model directories other than this project's exports
         "teacher": None,  # distillation teacher; default: the initial weights (prune) / the export's base (finetune)
         "heads": {"sparse": False, "colbert": False},
         # Vocabulary pruning before training (bge_pruning.vocab): keep the tokens these corpora use. The

@@ -385,7 +385,7 @@ def gather_texts(specs: Sequence[str], what: str) -> list[str]:
 def prune_vocabulary(model: str, out_dir: str | Path, corpus: Sequence[str], *, min_count: int = 1,
                      max_vocab: int | None = None, keep_tokens: Sequence[str] = (),
                      eval_corpus: Sequence[str] = (), overwrite: bool = False, verify_texts: int = 256,
-                     log: Any = print) -> tuple[Path, dict[str, Any]]:
+                     trust_remote_code: bool = False, log: Any = print) -> tuple[Path, dict[str, Any]]:
     """Trim ``model`` (an export of this project, an HF / sentence-transformers directory, a hub id or an
     ``embedded:`` name) to the tokens of ``corpus`` and write it to ``out_dir`` through the verified exporter.
 
@@ -410,7 +410,8 @@ def prune_vocabulary(model: str, out_dir: str | Path, corpus: Sequence[str], *, 
     tokenizer = load_tokenizer(model_dir)
     # Plan before the weights load: a corpus the tokenizer cannot read or a bad --max-vocab stops here.
     plan = plan_vocabulary(tokenizer, texts, min_count=min_count, max_vocab=max_vocab, keep_tokens=keep_tokens)
-    hf_model, _ = load_hf_model(str(model_dir), "MODEL_DIR")
+    hf_model, _ = load_hf_model(str(model_dir), "MODEL_DIR", trust_remote_code=trust_remote_code,
+                                opt_in="pass --trust-remote-code")
     base = MaskedBGEM3Backbone.from_hf_model(hf_model)
     del hf_model
     if base.config.vocab_size < plan.base_size:
@@ -418,7 +419,7 @@ def prune_vocabulary(model: str, out_dir: str | Path, corpus: Sequence[str], *, 
                          f"{base.config.vocab_size}: tokenizer and model do not match")
     info_file = model_dir / "pruning_info.json"
     prior = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    pooling, normalize, _, _ = read_st_layout(model_dir)
+    pooling, normalize, max_seq_length, _ = read_st_layout(model_dir)
     pooling = pooling or prior.get("pooling") or "cls"
     normalize = bool(prior.get("normalize", True) if normalize is None else normalize)
     heads: dict[str, nn.Module | None] = {"sparse": None, "colbert": None}
@@ -457,7 +458,7 @@ def prune_vocabulary(model: str, out_dir: str | Path, corpus: Sequence[str], *, 
                 record["base_size"] = prior["vocabulary"].get("base_size", record["base_size"])
     out = export_pruned_model(trimmed, out_dir, new_tokenizer, None, pooling=pooling, normalize=normalize,
                               sparse_head=heads["sparse"], colbert_head=heads["colbert"], overwrite=overwrite,
-                              info=info)
+                              info=info, max_seq_length=max_seq_length)
     return out, record
 
 

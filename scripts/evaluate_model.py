@@ -135,7 +135,7 @@ def evaluate_one_model(model_dir: str, specs: list[TaskSpec], data: TaskData, ar
     from bge_pruning.evaluation.retrieval import evaluate_retrieval
     from bge_pruning.evaluation.sts import evaluate_sts
 
-    model = EmbeddingModel.from_dir(model_dir, device=args.device)
+    model = EmbeddingModel.from_dir(model_dir, device=args.device, trust_remote_code=args.trust_remote_code)
     progress = not args.no_progress
     results: dict[str, dict[str, float]] = {}
     for t in specs:
@@ -180,7 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first N pairs (sts, paraphrase, local mteb STS) / first N queries (retrieval)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run modeling code shipped in MODEL_DIR / --baseline even when they are not exports of this "
+                        "project (bge_pruning's own exports need no flag)")
     return p
+
+
+def unwritable(path: Path) -> str | None:
+    """Why ``path`` could not be written as the JSON report, or None (probed with a temporary file)."""
+    import tempfile
+
+    if path.is_dir():
+        return "is a directory"
+    parent = path.expanduser().resolve().parent
+    while not parent.exists():  # write_json creates missing directories: probe the nearest existing one
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, not a directory"
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".probe-"):
+            pass
+    except OSError as e:
+        return f"its directory {parent} is not writable ({e.strerror})"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,12 +225,22 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(e), 2)
     assign_labels(specs)
     from bge_pruning.models.loading import is_hub_id, resolve_model_path
+    from bge_pruning.trust import RemoteCodeError, resolve_trust
 
     for role, d in (("model", args.model_dir), ("baseline", args.baseline)):
         if d is None or is_hub_id(resolve_model_path(d)):  # hub ids are downloaded when evaluated
             continue
         if not Path(resolve_model_path(d)).expanduser().is_dir():
             return fail(f"{role} directory not found: {Path(d).expanduser().resolve()}", 2)
+        try:  # refused remote code stops here, before any data or model loads
+            resolve_trust(str(Path(resolve_model_path(d)).expanduser()), args.trust_remote_code,
+                          "--baseline" if role == "baseline" else "MODEL_DIR", "pass --trust-remote-code")
+        except RemoteCodeError as e:
+            return fail(str(e), 2)
+    if args.output:
+        problem = unwritable(Path(args.output))
+        if problem:
+            return fail(f"--output {args.output}: {problem} (checked before evaluating, so no result is lost)", 2)
     if args.device is None:
         import torch
 

@@ -7,7 +7,12 @@ The directory loads with ``transformers.AutoModel`` (``trust_remote_code=True`` 
 nothing inside the kept layers was pruned), ``sentence_transformers.SentenceTransformer`` and
 FlagEmbedding's ``BGEM3FlagModel``; ``pruning_info.json`` records what was kept and the parameter
 counts. The export is checked against the masked model before it is moved into OUT_DIR; an existing
-non-empty OUT_DIR is only replaced with --overwrite. Exit status: 0 on success, 1 on any error.
+non-empty OUT_DIR is only replaced with --overwrite.
+
+Checkpoints are pickles. This tool loads them with ``torch.load(weights_only=True)`` and an allow-list of
+the few non-tensor types a Composer checkpoint holds, so a crafted file is refused before it can run
+code; Composer itself (``train.autoresume``, ``train.load_path``) unpickles fully, so resume only from
+checkpoints you wrote. Exit status: 0 on success, 2 on bad input (one ``error:`` line), 1 on a failed export.
 """
 from __future__ import annotations
 
@@ -23,18 +28,20 @@ if __package__ in (None, ""):  # run as a file: make the repository importable w
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="Composer checkpoint written by training (local path or remote URI)")
+    p.add_argument("checkpoint", help="Composer checkpoint file written by training (e.g. .../latest-rank0.pt)")
     p.add_argument("out_dir", help="directory to write the model to")
     p.add_argument("--vanilla", action="store_true",
                    help="zero-pad pruned heads / intermediate units back to a stock BertModel/XLMRobertaModel "
                         "shape (no remote code needed; a few more parameters, same outputs)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it already holds a model")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run modeling code from the run's base_model/ even when it is not this project's own")
     return p
 
 
-def _error(message: str) -> int:
+def _error(message: str, code: int = 2) -> int:
     print(f"extract_pruned_model: error: {message}", file=sys.stderr)
-    return 1
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,15 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     from bge_pruning.export.hf_export import check_export_target
 
     out_dir = Path(os.path.abspath(args.out_dir))
-    remote = "://" in args.checkpoint
-    if not remote:
-        ckpt = Path(args.checkpoint)
-        if not ckpt.exists():
-            return _error(f"checkpoint not found: {ckpt}")
-        real_ckpt, real_out = ckpt.resolve(), out_dir.resolve()
-        if real_ckpt == real_out or real_out in real_ckpt.parents:
-            return _error(f"the checkpoint {ckpt} is inside OUT_DIR {out_dir}; exporting there could replace it. "
-                          "Choose another OUT_DIR")
+    if "://" in args.checkpoint:
+        return _error(f"{args.checkpoint}: remote checkpoints are not read directly; copy the file (and the "
+                      "config.yaml and base_model/ beside it) to a local folder first")
+    ckpt = Path(args.checkpoint)
+    if ckpt.is_dir():
+        latest = ckpt / "latest-rank0.pt"
+        hint = f" such as {latest}" if latest.exists() else " (ep*-ba*-rank0.pt or latest-rank0.pt)"
+        return _error(f"{ckpt} is a directory; give a checkpoint file{hint}")
+    if not ckpt.exists():
+        return _error(f"checkpoint not found: {ckpt}")
+    real_ckpt, real_out = ckpt.resolve(), out_dir.resolve()
+    if real_ckpt == real_out or real_out in real_ckpt.parents:
+        return _error(f"the checkpoint {ckpt} is inside OUT_DIR {out_dir}; exporting there could replace it. "
+                      "Choose another OUT_DIR")
     try:  # fail before loading a large checkpoint when the target cannot be written
         check_export_target(out_dir, overwrite=args.overwrite)
     except ExportError as exc:
@@ -61,15 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         from bge_pruning.training.checkpoint import load_composer_model
     except ImportError as exc:
         return _error(f"cannot import bge_pruning.training.checkpoint.load_composer_model: {exc}")
+    from bge_pruning.errors import UserError
+    from bge_pruning.training.checkpoint import CheckpointError
+
     try:
-        model = load_composer_model(args.checkpoint)
+        model = load_composer_model(args.checkpoint, trust_remote_code=args.trust_remote_code)
+    except (CheckpointError, UserError) as exc:
+        return _error(str(exc))
     except Exception as exc:  # noqa: BLE001 - report any loading failure with the path
         return _error(f"could not load the checkpoint {args.checkpoint}: {type(exc).__name__}: {exc}")
 
     try:
         path = export_composer_model(model, out_dir, vanilla=args.vanilla, overwrite=args.overwrite)
     except ExportError as exc:
-        return _error(f"export failed, {out_dir} was not changed: {exc}")
+        return _error(f"export failed, {out_dir} was not changed: {exc}", 1)
 
     import json
 

@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-text", nargs="+", default=[], metavar="PATH",
                    help="texts to report coverage on (UNK share, share of texts segmented differently)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it already holds a model")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run modeling code shipped in MODEL_DIR even when it is not this project's own export")
     return p
 
 
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         keep = read_keep_tokens(args.keep_tokens) if args.keep_tokens else ()
         out, record = prune_vocabulary(args.model_dir, args.out_dir, args.corpus, min_count=args.min_count,
                                        max_vocab=args.max_vocab, keep_tokens=keep, eval_corpus=args.eval_text,
-                                       overwrite=args.overwrite)
+                                       overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
     except (UserError, DataError, ExportError, ModelLoadError, ModelDirError) as e:
         print(f"prune_vocab: error: {e}", file=sys.stderr)
         return 2

@@ -94,6 +94,7 @@ def test_minilm_trim_is_exact_on_its_corpus(minilm_trimmed, minilm_path):
         assert base_tok.convert_ids_to_tokens(a) == new_tok.convert_ids_to_tokens(b)
     base_st = SentenceTransformer(str(minilm_path), device="cpu")
     new_st = SentenceTransformer(str(out), device="cpu")
+    assert new_st.max_seq_length == base_st.max_seq_length == 256  # the export keeps the base's limit
     e_base = base_st.encode(texts[:64], convert_to_tensor=True)
     e_new = new_st.encode(texts[:64], convert_to_tensor=True)
     assert float((e_base - e_new).abs().max()) <= 1e-6

@@ -1,6 +1,7 @@
 """Inference efficiency of a pruned encoder against its base: throughput, latency, memory, size, FLOPs.
 
-Both model directories are loaded with ``AutoModel.from_pretrained(dir, trust_remote_code=True)`` in
+Both model directories are loaded with ``AutoModel.from_pretrained(dir)`` (remote code only for this
+project's own exports or with ``--trust-remote-code``) in
 eval mode and called under ``torch.inference_mode()`` on random token batches of exactly
 ``batch_size x seq_len`` tokens (no padding; the attention mask is all ones). For every device and
 (batch size, sequence length) the two models are measured INTERLEAVED: after ``warmup`` untimed calls
@@ -96,7 +97,7 @@ def _check_model_dir(model_dir: Path, role: str) -> None:
         raise BenchmarkError(f"{arg} {model_dir}: no config.json (not a HuggingFace model directory)")
 
 
-def load_model(model_dir: str | Path, role: str, dtype: str = "float32") -> LoadedModel:
+def load_model(model_dir: str | Path, role: str, dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:
     """Load a model directory with ``AutoModel`` (eval mode, on CPU) and describe its size."""
     import torch
     from transformers import AutoModel
@@ -110,8 +111,14 @@ def load_model(model_dir: str | Path, role: str, dtype: str = "float32") -> Load
             raise BenchmarkError(f"{role.upper()}_DIR {model_dir}: {exc}") from exc
     model_dir = Path(model_dir)
     _check_model_dir(model_dir, role)
+    from ..trust import RemoteCodeError, resolve_trust
+
     try:
-        model = AutoModel.from_pretrained(str(model_dir), trust_remote_code=True, dtype=getattr(torch, dtype))
+        trust = resolve_trust(str(model_dir), trust_remote_code, f"{role.upper()}_DIR", "pass --trust-remote-code")
+    except RemoteCodeError as exc:
+        raise BenchmarkError(str(exc)) from None
+    try:
+        model = AutoModel.from_pretrained(str(model_dir), trust_remote_code=trust, dtype=getattr(torch, dtype))
     except Exception as exc:  # noqa: BLE001 - any loading failure is reported with the path
         raise BenchmarkError(f"{role.upper()}_DIR {model_dir}: AutoModel.from_pretrained failed "
                              f"({type(exc).__name__}: {exc})") from exc
@@ -371,6 +378,7 @@ def run_benchmark(
     dtype: str = "float32",
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Measure base vs pruned on every device and (batch size, seq len); returns the JSON-ready results."""
     import torch
@@ -391,7 +399,8 @@ def run_benchmark(
         torch.set_num_threads(threads)
     log = log or (lambda msg: None)
 
-    loaded = {"base": load_model(base_dir, "base", dtype), "pruned": load_model(pruned_dir, "pruned", dtype)}
+    loaded = {"base": load_model(base_dir, "base", dtype, trust_remote_code),
+              "pruned": load_model(pruned_dir, "pruned", dtype, trust_remote_code)}
     base, pruned = loaded["base"], loaded["pruned"]
     if base.shape.hidden_size != pruned.shape.hidden_size:
         log(f"note: hidden sizes differ (base {base.shape.hidden_size}, pruned {pruned.shape.hidden_size})")
@@ -536,6 +545,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random token batches")
     p.add_argument("--output", type=Path, default=None, help="write every number to this JSON file")
     p.add_argument("--plot", type=Path, default=None, help="write the throughput/speedup plot to this PNG")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run modeling code shipped in a model directory that is not this project's own export")
     return p
 
 
@@ -562,7 +573,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         _check_output_path(args.plot, "--plot", (".png", ".pdf", ".svg"))
         res = run_benchmark(args.base_dir, args.pruned_dir, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens,
                             repeats=args.repeats, warmup=args.warmup, device=args.device, threads=args.threads,
-                            dtype=args.dtype, seed=args.seed, log=log)
+                            dtype=args.dtype, seed=args.seed, log=log, trust_remote_code=args.trust_remote_code)
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

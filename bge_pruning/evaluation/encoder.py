@@ -135,8 +135,10 @@ class EmbeddingModel:
     @classmethod
     def from_dir(cls, path: str | Path, device: str = "cpu", max_length: int = 512, *,
                  pooling: str | None = None, normalize: bool | None = None,
-                 torch_dtype: torch.dtype | None = None) -> "EmbeddingModel":
-        """Load ``path`` (always with ``trust_remote_code=True``: pruned exports carry their modeling code).
+                 torch_dtype: torch.dtype | None = None, trust_remote_code: bool = False,
+                 opt_in: str = "pass --trust-remote-code") -> "EmbeddingModel":
+        """Load ``path``. Its modeling code runs only when it is this project's export (``bge_pruning.trust``)
+        or ``trust_remote_code`` is given; otherwise a directory asking for remote code is refused.
 
         ``max_length`` is capped by ``sentence_bert_config.json``'s ``max_seq_length`` and the tokenizer's
         ``model_max_length``, as sentence-transformers does. ``pooling``/``normalize`` override the
@@ -160,11 +162,14 @@ class EmbeddingModel:
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
 
+        from ..trust import resolve_trust
+
+        trust = resolve_trust(str(model_dir), trust_remote_code, str(path), opt_in)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust)
         except Exception as e:
             raise ModelDirError(f"{model_dir}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
-        kwargs = {"trust_remote_code": True}
+        kwargs: dict = {"trust_remote_code": trust}
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
         try:

@@ -77,12 +77,15 @@ def export_pruned_model(
     info: Mapping[str, Any] | None = None,
     probe_texts: Sequence[str] | None = None,
     atol: float = 1e-4,
+    max_seq_length: int | None = None,
 ) -> Path:
     """Prune a copy of ``backbone`` with ``zs`` and write a verified model directory to ``out_dir``.
 
     ``backbone`` is a ``MaskedBGEM3Backbone`` (not modified). ``zs`` holds deterministic masks
     (``head_z`` [L, H], ``intermediate_z`` [L, I], ``layer_z`` [L]); ``None`` exports the backbone as
-    it is. Returns the final directory. Raises ``ExportError`` (target untouched, no temporary
+    it is. ``max_seq_length`` is the source model's sentence-transformers limit (all-MiniLM-L6-v2's 256):
+    kept so the export embeds long texts as the base did; without it, the tokenizer's and the position
+    embeddings' limit. Returns the final directory. Raises ``ExportError`` (target untouched, no temporary
     directory left) when an argument is invalid or any check fails.
     """
     out_dir = Path(os.path.abspath(os.fspath(out_dir)))
@@ -125,7 +128,7 @@ def export_pruned_model(
         stage = "writing the head files"
         heads_info = _write_heads(tmp, sparse_head, colbert_head)
         stage = "writing the sentence-transformers files"
-        _write_sentence_transformers(tmp, base_config, tokenizer, pooling, normalize)
+        _write_sentence_transformers(tmp, base_config, tokenizer, pooling, normalize, max_seq_length)
 
         stage = "reloading the export"
         reload_diff, n_reloaded = _verify_reload(tmp, layout, probe, reference, dtype,
@@ -217,7 +220,7 @@ def export_composer_model(model: Any, out_dir: str | Path, vanilla: bool = False
         model.backbone, out_dir, model.tokenizer, zs,
         pooling=model.pooling, normalize=bool(model.normalize),
         sparse_head=model.sparse_head, colbert_head=model.colbert_head,
-        vanilla=vanilla, overwrite=overwrite, info=info)
+        vanilla=vanilla, overwrite=overwrite, info=info, max_seq_length=getattr(model, "max_seq_length", None))
 
 
 def check_export_target(out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -513,7 +516,8 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def _write_sentence_transformers(tmp: Path, config, tokenizer, pooling: str, normalize: bool) -> None:
+def _write_sentence_transformers(tmp: Path, config, tokenizer, pooling: str, normalize: bool,
+                                 max_seq_length: int | None = None) -> None:
     """modules.json, sentence_bert_config.json, config_sentence_transformers.json, 1_Pooling/, 2_Normalize/.
 
     The long-standing module layout (``sentence_transformers.models.*`` and ``pooling_mode_*`` flags):
@@ -530,6 +534,8 @@ def _write_sentence_transformers(tmp: Path, config, tokenizer, pooling: str, nor
     tok_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_max, int) and 0 < tok_max < max_len:
         max_len = tok_max
+    if max_seq_length is not None and 0 < int(max_seq_length) < max_len:
+        max_len = int(max_seq_length)
     _write_json(tmp / "sentence_bert_config.json", {"max_seq_length": int(max_len), "do_lower_case": False})
     _write_json(tmp / "config_sentence_transformers.json", {
         "__version__": _versions(), "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "cosine"})

@@ -13,7 +13,7 @@ from ..training.losses import (cosent_loss, embedding_distillation_loss, hidden_
 from .heads import (COLBERT_FILE, SPARSE_FILE, ColbertHead, SparseHead, colbert_scores, dense_embedding,
                     lexical_matrix, special_token_ids)
 from .l0_module import ConfigError, L0Module, parse_target
-from .loading import ModelLoadError, find_head_file, load_hf_model, load_linear_state
+from .loading import ModelLoadError, find_head_file, load_hf_model, load_linear_state, st_max_seq_length
 from .masked_encoder import MaskedBGEM3Backbone
 
 
@@ -78,6 +78,7 @@ class ComposerBGEM3(ComposerModel):
         self.base_model = base_model
         self.prior_pruning = dict(prior_pruning or {})  # pruning_info.json of a pruned model being finetuned
         self.vocab_record: dict[str, Any] | None = None  # set when model.vocab trimmed the vocabulary
+        self.max_seq_length: int | None = None  # the source's sentence-transformers limit, kept on export
         self.unused_token_ids = special_token_ids(tokenizer)
         self.vocab_size = backbone.config.vocab_size
         self.last_metrics: dict[str, float] = {}  # L0 metrics of the last training step, for PruningCallback
@@ -235,7 +236,7 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
     mcfg, lcfg = cfg.model, cfg.loss
     fresh = hf_model is None  # a checkpoint's saved config is already trimmed: model.vocab applies once
     if fresh:
-        hf_model, tokenizer = load_hf_model(mcfg.name_or_path)
+        hf_model, tokenizer = load_hf_model(mcfg.name_or_path, trust_remote_code=bool(mcfg.get("trust_remote_code")))
     if len(tokenizer) > hf_model.config.vocab_size:
         raise ModelLoadError(f"model.name_or_path: the tokenizer has {len(tokenizer)} tokens but the model's "
                              f"vocabulary has {hf_model.config.vocab_size}: tokenizer and model do not match")
@@ -278,7 +279,9 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
             if teacher_path == mcfg.name_or_path:
                 teacher = copy.deepcopy(backbone)  # after the vocabulary trim: the same tokens
             else:
-                teacher = MaskedBGEM3Backbone.from_hf_model(load_hf_model(teacher_path, "model.teacher")[0])
+                teacher_hf, _ = load_hf_model(teacher_path, "model.teacher",
+                                              trust_remote_code=bool(mcfg.get("trust_remote_code")))
+                teacher = MaskedBGEM3Backbone.from_hf_model(teacher_hf)
                 _trim_teacher_vocab(teacher, _pruning_info(mcfg.name_or_path).get("vocabulary"), vocab_record,
                                     backbone.config.vocab_size)
         else:
@@ -288,6 +291,7 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
                           loss_cfg=loss_cfg, base_model=_base_model_of(mcfg.name_or_path),
                           prior_pruning=_pruning_info(mcfg.name_or_path))
     model.vocab_record = vocab_record
+    model.max_seq_length = st_max_seq_length(mcfg.name_or_path)  # kept by the export (256 for MiniLM)
     return model
 
 

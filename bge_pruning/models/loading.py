@@ -35,26 +35,51 @@ def is_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not Path(name).exists() and not name.startswith((".", "/"))
 
 
-def load_hf_model(name_or_path: str, what: str = "model.name_or_path", **kwargs: Any):
-    """``(AutoModel, AutoTokenizer)`` with ``trust_remote_code`` (pruned exports carry modeling code)."""
+OPT_IN_CONFIG = "set model.trust_remote_code=true"
+
+
+def load_hf_model(name_or_path: str, what: str = "model.name_or_path", *, trust_remote_code: bool = False,
+                  opt_in: str = OPT_IN_CONFIG, **kwargs: Any):
+    """``(AutoModel, AutoTokenizer)``. Remote code runs only for this project's own exports or when the user
+    opted in (``trust_remote_code``); anything else that asks for it is refused (``bge_pruning.trust``)."""
     from transformers import AutoModel, AutoTokenizer
+
+    from ..trust import resolve_trust
 
     path = resolve_model_path(name_or_path)
     if not is_hub_id(path) and not Path(path).exists():
         raise ModelLoadError(f"{what}: directory not found: {path}")
+    if Path(path).is_file():
+        raise ModelLoadError(f"{what}: {path} is a file; give the model's directory (with config.json) or a hub id")
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise ModelLoadError(f"{what}: {path} has no config.json; not a Hugging Face model directory")
+    trust = resolve_trust(path, trust_remote_code, what, opt_in)
     try:
-        model = AutoModel.from_pretrained(path, trust_remote_code=True, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
-    except (OSError, ValueError) as e:
+        model = AutoModel.from_pretrained(path, trust_remote_code=trust, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    except Exception as e:  # noqa: BLE001 - any failure to load (OSError, a truncated safetensors file, ...)
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if is_hub_id(path):
             raise ModelLoadError(
                 f"{what}: could not download '{path}' from the Hugging Face hub"
                 f"{' (HF_HUB_OFFLINE is set)' if offline else ' (no network access?)'}. Download it on a machine "
-                f"that reaches the hub, e.g. `huggingface-cli download {path} --local-dir models/{path.split('/')[-1]}`, "
-                f"then set {what}=models/{path.split('/')[-1]}. Underlying error: {str(e).splitlines()[0]}") from None
-        raise ModelLoadError(f"{what}: could not load {path}: {str(e).splitlines()[0]}") from None
+                f"that reaches the hub, e.g. `hf download {path} --local-dir models/{path.split('/')[-1]}`, "
+                f"then set {what}=models/{path.split('/')[-1]}. Underlying error: {first}") from None
+        raise ModelLoadError(f"{what}: could not load {path}: {type(e).__name__}: {first}") from None
     return model, tokenizer
+
+
+def st_max_seq_length(name_or_path: str) -> int | None:
+    """``max_seq_length`` of a local sentence-transformers directory (``sentence_bert_config.json``), or None."""
+    import json
+
+    f = Path(resolve_model_path(name_or_path)) / "sentence_bert_config.json"
+    try:
+        value = json.loads(f.read_text(encoding="utf-8")).get("max_seq_length")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def find_head_file(name_or_path: str, filename: str) -> Path | None:

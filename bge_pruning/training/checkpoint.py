@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,13 @@ import torch
 from omegaconf import OmegaConf
 
 from ..models.composer_bge_m3 import ComposerBGEM3, build_model
+from ..models.loading import resolve_model_path, st_max_seq_length
+from ..trust import MODELING_FILE, PRUNING_INFO_FILE, resolve_trust
 
 RUN_CONFIG = "config.yaml"
 BASE_MODEL_DIR = "base_model"
 VOCAB_RECORD = "vocabulary.json"
+ST_CONFIG = "sentence_bert_config.json"
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +40,52 @@ def save_run_files(folder: Path, cfg: Any, model: ComposerBGEM3) -> None:
     base = folder / BASE_MODEL_DIR
     model.backbone.config.save_pretrained(base)
     model.tokenizer.save_pretrained(base)
+    # A pruned export as the base: keep its pruning_info.json beside the modeling file transformers copied,
+    # so the rebuild recognises the project's own code (bge_pruning.trust) and needs no opt-in.
+    source = Path(str(resolve_model_path(cfg.model.name_or_path)))
+    if (base / MODELING_FILE).is_file() and (source / PRUNING_INFO_FILE).is_file():
+        shutil.copyfile(source / PRUNING_INFO_FILE, base / PRUNING_INFO_FILE)
     if model.vocab_record:  # the config and tokenizer above are trimmed; the export records how
         (base / VOCAB_RECORD).write_text(json.dumps(model.vocab_record))
+    if model.max_seq_length:  # the sentence-transformers limit the export keeps
+        (base / ST_CONFIG).write_text(json.dumps({"max_seq_length": model.max_seq_length}))
+
+
+def checkpoint_safe_globals() -> list[Any]:
+    """The non-tensor types a Composer checkpoint of this project holds (timestamps, version strings, numpy
+    RNG state), allow-listed for ``torch.load(weights_only=True)``: nothing else in the file can run."""
+    import datetime
+
+    import numpy as np
+    from torch.torch_version import TorchVersion
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return [datetime.timedelta, TorchVersion, _reconstruct, np.ndarray, np.dtype,
+            *(getattr(np.dtypes, n) for n in np.dtypes.__all__)]
+
+
+def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
+    """A Composer checkpoint loaded with ``weights_only=True`` (plus ``checkpoint_safe_globals``): a file that
+    holds any other object is refused before it can run code, with one line saying so."""
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"(GLOBAL [\w.]+|got <class '[\w.]+'>)", str(e))
+        raise CheckpointError(f"{checkpoint}: refused: it holds {found.group(1) if found else 'an object'} that a "
+                              "Composer checkpoint of this project never has, and unpickling it could run code; "
+                              "only load checkpoints you wrote") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{checkpoint}: not a readable Composer checkpoint (truncated or not a torch file: "
+                              f"{(str(e).strip().splitlines() or [type(e).__name__])[0]})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        raise CheckpointError(f"{checkpoint}: not a Composer checkpoint (no 'state' dict)")
+    return saved
 
 
 def _find_run_folder(checkpoint: Path) -> Path:
@@ -47,26 +95,29 @@ def _find_run_folder(checkpoint: Path) -> Path:
     raise CheckpointError(f"{checkpoint}: no {RUN_CONFIG} beside it; was it written by train.py?")
 
 
-def load_composer_model(path: str | Path) -> ComposerBGEM3:
+def load_composer_model(path: str | Path, trust_remote_code: bool = False) -> ComposerBGEM3:
     """The model of a Composer checkpoint (``ep*-ba*-rank0.pt`` / ``latest-rank0.pt``) as it was trained."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     checkpoint = Path(path)
     if not checkpoint.is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
+    saved = read_checkpoint(checkpoint)["state"]  # a crafted file is refused before anything else is read
     folder = _find_run_folder(checkpoint.resolve())
     cfg = OmegaConf.load(folder / RUN_CONFIG)
     base = folder / BASE_MODEL_DIR
-    hf_config = AutoConfig.from_pretrained(base, trust_remote_code=True)
-    hf_model = AutoModel.from_config(hf_config, trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=True)
+    trust = resolve_trust(str(base), trust_remote_code, f"{checkpoint} ({BASE_MODEL_DIR}/ beside it)",
+                          "pass --trust-remote-code")
+    hf_config = AutoConfig.from_pretrained(base, trust_remote_code=trust)
+    hf_model = AutoModel.from_config(hf_config, trust_remote_code=trust)
+    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust)
     model = build_model(cfg, hf_model=hf_model, tokenizer=tokenizer, with_teacher=False)
     if (base / VOCAB_RECORD).is_file():
         model.vocab_record = json.loads((base / VOCAB_RECORD).read_text())
+    model.max_seq_length = st_max_seq_length(str(base))
     try:
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]
         state = saved["model"]
-    except (KeyError, RuntimeError, EOFError, TypeError) as e:
+    except (KeyError, TypeError) as e:
         raise CheckpointError(f"{checkpoint}: not a readable Composer checkpoint ({e})") from None
     # A checkpoint of a DDP-wrapped model may prefix keys with "module."; FSDP / activation-checkpoint wrappers
     # normally strip theirs, but not every torch version does.

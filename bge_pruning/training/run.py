@@ -285,7 +285,10 @@ def run(cfg: Any) -> dict[str, Any]:
         if base_sts is not None:
             from transformers import AutoConfig
 
-            pruned_shape = EncoderShape.from_hf_config(AutoConfig.from_pretrained(export_dir, trust_remote_code=True),
+            from ..trust import is_own_export
+
+            pruned_shape = EncoderShape.from_hf_config(AutoConfig.from_pretrained(export_dir,
+                                                                                  trust_remote_code=is_own_export(export_dir)),
                                                        has_pooler=base_shape.has_pooler)
             pruned_sts = sts_of_export(export_dir, report_pairs, model.tokenizer.model_max_length)
             table, numbers = before_after(base_shape, pruned_shape, base_sts, pruned_sts,
