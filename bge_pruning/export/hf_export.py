@@ -35,6 +35,7 @@ from ..models.heads import COLBERT_FILE, POOLING_MODES, SPARSE_FILE
 from ..shapes import EncoderShape, count_params, kept_share
 from ..vocab import write_wordpiece_vocab_txt
 from . import modeling_pruned
+from .install import OLD_MARK, TempExportDir, recover_leftovers, swap_into_place
 from .verify import (ExportError, check_close, check_head_file, check_loading_info, count_module_params,
                      max_abs_diff_on_tokens)
 
@@ -112,11 +113,13 @@ def export_pruned_model(
     del prepared
 
     created_parents = _make_parents(out_dir.parent)
+    held: TempExportDir | None = None
     tmp: Path | None = None
     stage = "creating the temporary directory"
     try:
         _check_free_space(out_dir.parent, needed)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.export-tmp-", dir=out_dir.parent))
+        held = TempExportDir(out_dir)
+        tmp = held.path
         _apply_umask(tmp)
 
         stage = "writing the model files"
@@ -155,11 +158,11 @@ def export_pruned_model(
         _apply_umask(tmp)
 
         stage = "moving the export into place"
-        _install(tmp, out_dir, overwrite)
-        tmp = None
+        _install(held, out_dir, overwrite)
+        held = None
     except BaseException as exc:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if held is not None:
+            held.release(remove=True)
         for parent in reversed(created_parents):
             try:
                 parent.rmdir()
@@ -264,7 +267,10 @@ def _check_arguments(backbone, tokenizer, pooling, sparse_head, colbert_head, at
 
 
 def _check_target(out_dir: Path, overwrite: bool) -> None:
-    """Refuse targets whose replacement could lose data; called before any work is done."""
+    """Refuse targets whose replacement could lose data; called before any work is done. First restores or
+    removes what an interrupted export left beside ``out_dir`` (and says so)."""
+    for message in recover_leftovers(out_dir):
+        warnings.warn(f"export recovery: {message}", stacklevel=3)
     if out_dir.is_symlink():
         raise ExportError(f"output path {out_dir} is a symlink; pass the real directory")
     if out_dir.exists() and not out_dir.is_dir():
@@ -672,17 +678,22 @@ def _apply_umask(root: Path) -> None:
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
-def _install(tmp: Path, out_dir: Path, overwrite: bool) -> None:
-    """Move the verified export into place; an old directory is moved aside first, deleted only afterwards."""
+def _install(held: TempExportDir, out_dir: Path, overwrite: bool) -> None:
+    """Move the verified export into place. An existing export is swapped out in one atomic exchange where the
+    system has one; otherwise it is moved aside first and deleted only afterwards (``export.install``)."""
+    tmp = held.path
     old: Path | None = None
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:  # something appeared since the first check
             raise ExportError(f"output directory {out_dir} became non-empty during the export; nothing was changed")
         _check_target(out_dir, overwrite)
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        if swap_into_place(held, out_dir):
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{OLD_MARK}", dir=out_dir.parent))
         os.replace(out_dir, old)  # replaces the empty placeholder directory
     try:
         os.replace(tmp, out_dir)  # replaces out_dir only if it is an empty directory
+        held.release(remove=False)
     except OSError as exc:
         if old is not None:
             try:
