@@ -104,6 +104,25 @@ DEFAULTS: dict[str, Any] = {
 FREE_KEYS = {"train.fsdp_config"}
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names the same key twice (YAML would silently keep the last value)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses duplicate keys: ``lr: 5.0e-5`` then ``lr: 1.0`` is a mistake, not 1.0."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKeyError(f"{line}: duplicate key '{key}' (first at line {seen[key]}); YAML would "
+                                        "silently keep the last value")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _key_lines(path: Path) -> dict[str, int]:
     """Map dotted key paths of a YAML file to their 1-based line numbers (for error messages)."""
     try:
@@ -153,10 +172,14 @@ def _missing(cfg: DictConfig, prefix: str = "") -> list[str]:
 def load_config(path: str | Path, overrides: list[str] | None = None, required: bool = True) -> DictConfig:
     """Defaults <- YAML file <- ``key=value`` overrides, validated; returns a resolved DictConfig."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give a YAML run config such as configs/demo.yaml")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        user = yaml.safe_load(path.read_text()) or {}
+        user = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{path}:{e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(user, dict):

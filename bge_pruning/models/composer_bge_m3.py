@@ -13,7 +13,8 @@ from ..training.losses import (cosent_loss, embedding_distillation_loss, hidden_
 from .heads import (COLBERT_FILE, SPARSE_FILE, ColbertHead, SparseHead, colbert_scores, dense_embedding,
                     lexical_matrix, special_token_ids)
 from .l0_module import ConfigError, L0Module, parse_target
-from .loading import ModelLoadError, find_head_file, load_hf_model, load_linear_state, st_max_seq_length
+from .loading import (ModelLoadError, check_tokenizer_matches, find_head_file, load_hf_model, load_linear_state,
+                      st_max_seq_length)
 from .masked_encoder import MaskedBGEM3Backbone
 
 
@@ -237,9 +238,7 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
     fresh = hf_model is None  # a checkpoint's saved config is already trimmed: model.vocab applies once
     if fresh:
         hf_model, tokenizer = load_hf_model(mcfg.name_or_path, trust_remote_code=bool(mcfg.get("trust_remote_code")))
-    if len(tokenizer) > hf_model.config.vocab_size:
-        raise ModelLoadError(f"model.name_or_path: the tokenizer has {len(tokenizer)} tokens but the model's "
-                             f"vocabulary has {hf_model.config.vocab_size}: tokenizer and model do not match")
+    check_tokenizer_matches(tokenizer, hf_model.config, "model.name_or_path")
     backbone = MaskedBGEM3Backbone.from_hf_model(hf_model)
     del hf_model
     vocab_record = None
@@ -336,7 +335,16 @@ def _pruning_info(name_or_path: str) -> dict[str, Any]:
     from .loading import resolve_model_path
 
     f = Path(resolve_model_path(name_or_path)) / "pruning_info.json"
-    return json.loads(f.read_text()) if f.is_file() else {}
+    if not f.is_file():
+        return {}
+    try:
+        info = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"model.name_or_path: {f} is not valid JSON ({e}); restore it from the export, or "
+                             "delete it to treat the directory as a plain model") from None
+    if not isinstance(info, dict):
+        raise ModelLoadError(f"model.name_or_path: {f} must hold a JSON object, got {type(info).__name__}")
+    return info
 
 
 def _base_model_of(name_or_path: str) -> str:

@@ -53,6 +53,7 @@ def load_hf_model(name_or_path: str, what: str = "model.name_or_path", *, trust_
         raise ModelLoadError(f"{what}: {path} is a file; give the model's directory (with config.json) or a hub id")
     if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
         raise ModelLoadError(f"{what}: {path} has no config.json; not a Hugging Face model directory")
+    _check_family(path, what)
     trust = resolve_trust(path, trust_remote_code, what, opt_in)
     try:
         model = AutoModel.from_pretrained(path, trust_remote_code=trust, **kwargs)
@@ -67,7 +68,47 @@ def load_hf_model(name_or_path: str, what: str = "model.name_or_path", *, trust_
                 f"that reaches the hub, e.g. `hf download {path} --local-dir models/{path.split('/')[-1]}`, "
                 f"then set {what}=models/{path.split('/')[-1]}. Underlying error: {first}") from None
         raise ModelLoadError(f"{what}: could not load {path}: {type(e).__name__}: {first}") from None
+    _check_family(path, what, getattr(model.config, "model_type", None))
+    check_tokenizer_matches(tokenizer, model.config, f"{what} ({path})")
     return model, tokenizer
+
+
+# BERT-family encoders the masked backbone reproduces exactly (and this project's pruned exports of them).
+SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta", "pruned-bert", "pruned-xlm-roberta")
+
+
+def _check_family(path: str, what: str, model_type: str | None = None) -> None:
+    """Refuse a model that is not a BERT-family encoder (read from config.json before any weight loads)."""
+    import json
+
+    if model_type is None:
+        try:
+            model_type = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            return  # a hub id, or an unreadable config that loading reports
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(f"{what}: {path} is a '{model_type}' model; bge_pruning prunes BERT-family encoders "
+                             f"(model_type {', '.join(SUPPORTED_MODEL_TYPES[:2])})")
+
+
+def check_tokenizer_matches(tokenizer: Any, config: Any, what: str) -> None:
+    """The tokenizer belongs to the model: vocabulary size (either way beyond padding rows) and the pad,
+    bos/cls and eos/sep ids of the config. A mismatch trains and exports without any other sign."""
+    n_tok, n_vocab = len(tokenizer), int(config.vocab_size)
+    if n_tok > n_vocab:
+        raise ModelLoadError(f"{what}: the tokenizer has {n_tok} tokens but the model's vocabulary has {n_vocab}: "
+                             "tokenizer and model do not match")
+    if n_vocab - n_tok >= 128:  # models pad their embedding matrix to a multiple of 8..128 at most
+        raise ModelLoadError(f"{what}: the tokenizer has {n_tok} tokens, the model's vocabulary {n_vocab}: far "
+                             "fewer than the model was trained with; tokenizer and model do not match")
+    pairs = (("pad_token_id", tokenizer.pad_token_id),
+             ("bos_token_id", tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id),
+             ("eos_token_id", tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id))
+    for key, tok_id in pairs:
+        model_id = getattr(config, key, None)
+        if model_id is not None and tok_id is not None and int(model_id) != int(tok_id):
+            raise ModelLoadError(f"{what}: the tokenizer's {key.replace('_token_id', '')} id is {tok_id}, the model's "
+                                 f"config.{key} is {model_id}: tokenizer and model do not match")
 
 
 def st_max_seq_length(name_or_path: str) -> int | None:

@@ -86,8 +86,9 @@ class NonFiniteLossGuard(Callback):
         ckpt = latest_checkpoint(self.save_folder)
         where = (f"the last good checkpoint is {ckpt}" if ckpt is not None
                  else f"no checkpoint was written before it (train.save_folder: {self.save_folder})")
-        return (f"{where}. Lower train.lr / train.l0_lr / train.lag_lr (or train in fp32), then "
-                f"rerun with train.autoresume=true to continue from that checkpoint.")
+        then = ("rerun with train.autoresume=true to continue from that checkpoint" if ckpt is not None
+                else "rerun (from the start: there is nothing to resume)")
+        return f"{where}. Lower train.lr / train.l0_lr / train.lag_lr (or train in fp32), then {then}."
 
     def after_backward(self, state: State, logger: Logger) -> None:
         loss = state.loss

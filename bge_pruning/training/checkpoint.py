@@ -36,7 +36,14 @@ class CheckpointError(RuntimeError):
 def save_run_files(folder: Path, cfg: Any, model: ComposerBGEM3) -> None:
     """Write the run config and the base model's config/tokenizer (not its weights) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, folder / RUN_CONFIG)
+    if (folder / RUN_CONFIG).is_file() and bool(cfg.train.autoresume) and _checkpoints(folder):
+        # Resuming: config.yaml stays the run's original record; this restart's config goes beside it.
+        n = 1
+        while (folder / f"config.restart-{n}.yaml").exists():
+            n += 1
+        OmegaConf.save(cfg, folder / f"config.restart-{n}.yaml")
+    else:
+        OmegaConf.save(cfg, folder / RUN_CONFIG)
     base = folder / BASE_MODEL_DIR
     model.backbone.config.save_pretrained(base)
     model.tokenizer.save_pretrained(base)
@@ -201,3 +208,67 @@ def check_save_folder(cfg: Any) -> None:
             p.rename(target)
             log.warning("%s is newer than %s (an interrupted save?): moved to %s; resuming from %s", p.name,
                         LATEST_LINK, target, link.resolve().name)
+    latest = link.resolve()
+    if dist.get_global_rank() == 0 and not is_intact(latest):
+        intact = [p for batch, p in found if batch < latest_batch and is_intact(p)]
+        aside = folder / INTERRUPTED_DIR
+        aside.mkdir(exist_ok=True)
+        latest.rename(aside / latest.name)
+        if not intact:
+            link.unlink()
+            raise CheckpointError(f"train.autoresume: the latest checkpoint {latest.name} in {folder} is truncated "
+                                  f"(moved to {aside}) and there is no intact earlier one to resume from; start over "
+                                  f"with another run_name")
+        link.unlink()
+        link.symlink_to(intact[-1].name)
+        log.warning("the latest checkpoint %s is truncated (a disk that filled up, or a kill mid-write?): moved to "
+                    "%s; resuming from %s instead", latest.name, aside, intact[-1].name)
+
+
+def is_intact(checkpoint: Path) -> bool:
+    """A whole torch zip file: its end-of-archive record is there (a truncated write loses it). Cheap: reads
+    the central directory only, not the tensors."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(checkpoint) as z:
+            return bool(z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+RUN_LOCK = ".run.lock"
+
+
+class RunLock:
+    """The flock on ``{save_folder}/.run.lock`` that a run holds; released by ``release`` or the process's end."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+
+def lock_run_folder(folder: Path, run_name: str) -> RunLock:
+    """Take the run folder for this run (flock on ``{folder}/.run.lock``); a second run with the same folder
+    stops at once with one line. Also proves the folder is writable before any work."""
+    import fcntl
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / RUN_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as e:
+        raise CheckpointError(f"train.save_folder: cannot write in {folder} ({e.strerror or e})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise CheckpointError(f"train.save_folder: {folder} is in use by another run (pid {owner}) of "
+                              f"'{run_name}'; wait for it to finish, or start this one with another run_name") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return RunLock(fd)

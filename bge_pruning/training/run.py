@@ -18,7 +18,7 @@ from ..data import PairCollator, TripletCollator, build_train_dataloader, load_s
 from ..models.composer_bge_m3 import ComposerBGEM3, build_model
 from ..models.l0_module import ConfigError
 from .batching import split_batch
-from .checkpoint import check_save_folder, save_run_files
+from .checkpoint import check_save_folder, lock_run_folder, save_run_files
 from .callbacks import (CompleteOptimizerState, JsonlLogger, NonFiniteLossGuard, PruningCallback,
                         ReplicatedGradSync, TrainingOutOfMemoryError, latest_checkpoint)
 from .optim import build_optimizer, build_scheduler
@@ -115,9 +115,60 @@ def _max_batches(max_duration: str) -> int | None:
     return int(text[:-2]) if text.endswith("ba") and text[:-2].isdigit() else None
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why a file or directory could not be created at ``path`` (probing its nearest existing ancestor)."""
+    import tempfile
+
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, not a directory"
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".probe-"):
+            pass
+    except OSError as e:
+        return f"cannot write in {parent} ({e.strerror or e})"
+    return None
+
+
+def check_output_paths(cfg: Any) -> None:
+    """``train.log_file`` and the export's parent can be written: found out at start-up, not after training."""
+    if cfg.train.log_file:
+        log_file = Path(fill_run_name(cfg.train.log_file, cfg.run_name))
+        if log_file.is_dir():
+            raise ConfigError(f"train.log_file: {log_file} is a directory; give a file path (a .jsonl)")
+        problem = _unwritable(log_file)
+        if problem:
+            raise ConfigError(f"train.log_file: {log_file}: {problem}")
+    out = Path(fill_run_name(cfg.export.output_dir, cfg.run_name))
+    problem = _unwritable(out)
+    if problem:
+        raise ConfigError(f"export.output_dir: {out}: {problem}")
+
+
+def check_export_space(cfg: Any, model: ComposerBGEM3) -> None:
+    """Enough free space for the float32 export, checked before training (on BGE-M3, hours before it)."""
+    import shutil
+
+    from ..shapes import count_params
+
+    out = Path(fill_run_name(cfg.export.output_dir, cfg.run_name)).absolute()
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    needed = 4 * count_params(model.backbone.shape).total  # an upper bound: the export is never larger
+    free = shutil.disk_usage(parent).free
+    if free < needed * 1.05 + 50 * 2**20:
+        raise ConfigError(f"export.output_dir: {out}: the export needs up to {needed / 2**20:.0f} MiB, "
+                          f"{parent} has {free / 2**20:.0f} MiB free; free space or choose another directory")
+
+
 def check_export_target(cfg: Any) -> Path:
     """Fail before training, not after it, when the export directory would be refused."""
     out = Path(fill_run_name(cfg.export.output_dir, cfg.run_name))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"export.output_dir: {out} exists and is a file, not a directory")
     if out.exists() and any(out.iterdir()) and not cfg.export.overwrite:
         raise ConfigError(f"export.output_dir: {out} exists and is not empty; choose another directory or set "
                           f"export.overwrite=true (the old export is replaced only after the new one verifies)")
@@ -244,9 +295,21 @@ def run(cfg: Any) -> dict[str, Any]:
     """Train (prune or finetune), then export the result as an HF directory; returns a summary."""
     started = time.time()
     out_dir = check_export_target(cfg)
+    check_output_paths(cfg)
+    lock = (lock_run_folder(Path(fill_run_name(cfg.train.save_folder, cfg.run_name)), cfg.run_name)
+            if dist.get_global_rank() == 0 else None)
+    try:
+        return _run(cfg, out_dir, started)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg: Any, out_dir: Path, started: float) -> dict[str, Any]:
     check_save_folder(cfg)
     sharded = check_parallelism(cfg) is not None
     trainer, model = build_trainer(cfg)
+    check_export_space(cfg, model)
     if dist.get_global_rank() == 0:
         save_run_files(Path(fill_run_name(cfg.train.save_folder, cfg.run_name)), cfg, model)
     report_pairs = _report_pairs(cfg)
