@@ -164,3 +164,53 @@ def test_non_finite_advice_without_a_checkpoint(tmp_path):
     advice = NonFiniteLossGuard(save_folder=str(tmp_path / "empty"))._advice()
     assert "no checkpoint was written before it" in advice and "nothing to resume" in advice
     assert "from that checkpoint" not in advice
+
+
+def test_disk_full_while_checkpointing(tmp_path, tiny_xlmr_path, capsys, monkeypatch):
+    """torch's zip writer on a full disk: a partial ep0-ba8 file and 'unexpected pos'. One line, the partial
+    file moved aside, and the intact ep0-ba4 left as the checkpoint to resume from."""
+    import torch
+
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        name = getattr(f, "name", "")
+        if str(name).endswith("ep0-ba8-rank0.pt"):
+            f.write(b"PK\x03\x04" + b"\0" * 1000)
+            raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 1088 vs 1004")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    cfg = write_config(tmp_path, tiny_xlmr_path, max_duration="8ba", save_interval="4ba", eval_interval="100ba")
+    code, err = run_main(capsys, cfg)
+    line = error_line(err)
+    assert code == 2 and "the disk filled up while writing a checkpoint at step 8" in line
+    assert "continue from ep0-ba4-rank0.pt" in line and "unexpected pos" in line
+    ckpt = tmp_path / "ckpt"
+    assert (ckpt / "interrupted_saves" / "ep0-ba8-rank0.pt").is_file() and not (ckpt / "ep0-ba8-rank0.pt").exists()
+    assert (ckpt / "ep0-ba4-rank0.pt").is_file() and not (tmp_path / "model").exists()
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    src, mnt = tmp_path / "ro_src", tmp_path / "ro"
+    src.mkdir(), mnt.mkdir()
+    ok = subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True).returncode == 0
+    if ok and subprocess.run(["mount", "-o", "remount,bind,ro", str(mnt)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+        ok = False
+    if not ok:
+        pytest.skip("a read-only bind mount needs mount privileges, which this machine does not give")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_read_only_targets_are_named_as_such(read_only_dir, tmp_path, tiny_xlmr_path, capsys):
+    ckpt = tmp_path / "some.pt"
+    ckpt.write_bytes(b"")  # the target is checked before the checkpoint is read
+    proc = subprocess.run([sys.executable, "scripts/extract_pruned_model.py", str(ckpt), str(read_only_dir / "out")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2 and "Read-only file system" in proc.stderr and "free" not in proc.stderr
+    code, err = run_main(capsys, write_config(tmp_path / "run", tiny_xlmr_path),
+                         f"export.output_dir={read_only_dir / 'model'}")
+    assert code == 2 and "export.output_dir" in error_line(err) and "Read-only file system" in error_line(err)

@@ -230,6 +230,7 @@ def check_export_target(out_dir: str | Path, overwrite: bool = False) -> Path:
     """Raise ``ExportError`` now if ``out_dir`` could not be written (e.g. before loading a large checkpoint)."""
     out_dir = Path(os.path.abspath(os.fspath(out_dir)))
     _check_target(out_dir, overwrite)
+    _check_writable(out_dir.parent)
     return out_dir
 
 
@@ -661,7 +662,21 @@ def _make_parents(parent: Path) -> list[Path]:
     return missing
 
 
+def _check_writable(directory: Path) -> None:
+    """A file can be created in ``directory`` (or its nearest existing ancestor): a read-only filesystem is
+    reported as such, not as a lack of free space."""
+    probe_dir = directory
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir):
+            pass
+    except OSError as exc:
+        raise ExportError(f"cannot write in {probe_dir} ({exc.strerror or exc})") from None
+
+
 def _check_free_space(parent: Path, needed: int) -> None:
+    _check_writable(parent)
     free = shutil.disk_usage(parent).free
     if free < needed * 1.05 + 50 * 2**20:
         raise ExportError(f"not enough free space in {parent}: the weights need {needed / 2**20:.0f} MiB, "

@@ -18,7 +18,7 @@ from ..data import PairCollator, TripletCollator, build_train_dataloader, load_s
 from ..models.composer_bge_m3 import ComposerBGEM3, build_model
 from ..models.l0_module import ConfigError
 from .batching import split_batch
-from .checkpoint import check_save_folder, lock_run_folder, save_run_files
+from .checkpoint import CheckpointError, check_save_folder, lock_run_folder, save_run_files
 from .callbacks import (CompleteOptimizerState, JsonlLogger, NonFiniteLossGuard, PruningCallback,
                         ReplicatedGradSync, TrainingOutOfMemoryError, latest_checkpoint)
 from .optim import build_optimizer, build_scheduler
@@ -261,6 +261,37 @@ def build_trainer(cfg: Any, model: ComposerBGEM3 | None = None) -> tuple[Trainer
     return trainer, model
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """A write that ran out of space: ENOSPC, or torch's zip writer's 'unexpected pos' when a short write failed."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error)
+    return "unexpected pos" in text or "No space left on device" in text
+
+
+def disk_full_message(folder: Path, step: int, error: BaseException) -> str:
+    """Move the partial checkpoint aside (autoresume must not see it) and say how to go on."""
+    from .checkpoint import CHECKPOINT_FILE, INTERRUPTED_DIR, LATEST_LINK, is_intact
+
+    moved = []
+    if folder.is_dir():
+        for p in sorted(folder.iterdir()):
+            if CHECKPOINT_FILE.match(p.name) and p.is_file() and not is_intact(p):
+                aside = folder / INTERRUPTED_DIR
+                aside.mkdir(exist_ok=True)
+                p.rename(aside / p.name)
+                moved.append(p.name)
+    latest = latest_checkpoint(str(folder))
+    where = (f"rerun with train.autoresume=true to continue from {latest.name}" if latest is not None
+             else "rerun (no complete checkpoint was written yet)")
+    partial = f"; the partial {', '.join(moved)} was moved to {folder / INTERRUPTED_DIR}" if moved else ""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return (f"train.save_folder: the disk filled up while writing a checkpoint at step {step} in {folder}{partial}. "
+            f"Free space (or point train.save_folder elsewhere), then {where}. [{first}]")
+
+
 def out_of_memory_message(cfg: Any, step: int | None, error: BaseException, evaluating: bool = False) -> str:
     """What to change after a CUDA out-of-memory error (Composer micro-batching first)."""
     tcfg = cfg.train
@@ -324,6 +355,11 @@ def _run(cfg: Any, out_dir: Path, started: float) -> dict[str, Any]:
         evaluating = trainer.state.dataloader_label not in (None, "train")
         raise TrainingOutOfMemoryError(out_of_memory_message(cfg, int(trainer.state.timestamp.batch.value) + 1, e,
                                                              evaluating)) from None
+    except (RuntimeError, OSError) as e:
+        if not is_disk_full(e):
+            raise
+        raise CheckpointError(disk_full_message(Path(fill_run_name(cfg.train.save_folder, cfg.run_name)),
+                                                int(trainer.state.timestamp.batch.value), e)) from None
     summary: dict[str, Any] = {"run_name": cfg.run_name, "steps": int(trainer.state.timestamp.batch.value),
                                "train_seconds": time.time() - started}
     if start_step:
