@@ -214,3 +214,33 @@ def test_read_only_targets_are_named_as_such(read_only_dir, tmp_path, tiny_xlmr_
     code, err = run_main(capsys, write_config(tmp_path / "run", tiny_xlmr_path),
                          f"export.output_dir={read_only_dir / 'model'}")
     assert code == 2 and "export.output_dir" in error_line(err) and "Read-only file system" in error_line(err)
+    code, err = run_main(capsys, write_config(tmp_path / "run2", tiny_xlmr_path),
+                         f"train.save_folder={read_only_dir / 'ckpt'}")
+    assert code == 2 and "train.save_folder: cannot write in" in error_line(err)
+    assert "Read-only file system" in error_line(err)
+
+
+@pytest.mark.parametrize("case", ["no_config_json", "a_file"])
+def test_model_path_that_is_not_a_model_directory(case, tmp_path, tiny_xlmr_path, capsys):
+    target = tmp_path / "thing"
+    if case == "no_config_json":
+        target.mkdir()
+        (target / "model.safetensors").write_bytes(b"")
+        expect = "has no config.json; not a Hugging Face model directory"
+    else:
+        target.write_text("not a model")
+        expect = "is a file; give the model's directory (with config.json) or a hub id"
+    code, err = run_main(capsys, write_config(tmp_path / "run", tiny_xlmr_path), f"model.name_or_path={target}")
+    assert code == 2 and f"model.name_or_path: {target} {expect}" in error_line(err)
+
+
+def test_too_little_space_for_the_export_is_found_before_training(tmp_path, tiny_xlmr_path, capsys, monkeypatch):
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    code, err = run_main(capsys, write_config(tmp_path, tiny_xlmr_path))
+    line = error_line(err)
+    assert code == 2 and "export.output_dir" in line and "MiB free" in line
+    assert not (tmp_path / "log.jsonl").exists() and not list((tmp_path / "ckpt").glob("*.pt"))

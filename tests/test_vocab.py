@@ -117,6 +117,8 @@ def test_minilm_trim_files_and_counts(minilm_trimmed, minilm_path):
     assert record["params_before"] - n == (30522 - record["kept_size"]) * 384
     assert info["vocabulary"]["kept_size"] == model.config.vocab_size == record["kept_size"]
     assert info["vocabulary"]["corpus"] == [f"sts:{DEMO_STS}"]
+    # FlagEmbedding usage: mean pooling said, and no sparse/colbert offered for a head-less export.
+    assert "pooling_method='mean'" in info["usage"]["flag_embedding"] and "dense only" in info["usage"]["flag_embedding"]
     # Out of the corpus: the physics sentence uses pieces the demo pairs never do, the guitar one does not.
     from transformers import AutoTokenizer
 
@@ -173,6 +175,7 @@ def test_xlmr_unigram_trim_keeps_dense_sparse_colbert(multilingual_xlmr, tmp_pat
     base_tok, new_tok = AutoTokenizer.from_pretrained(multilingual_xlmr), AutoTokenizer.from_pretrained(out)
     assert 100 < record["kept_size"] < len(base_tok)
     assert not (out / "sentencepiece.bpe.model").exists()
+    assert "dense only" not in json.loads((out / "pruning_info.json").read_text())["usage"]["flag_embedding"]
     for t in texts:
         assert base_tok.tokenize(t) == new_tok.tokenize(t)
     # Pad, bos, eos keep their ids (XLM-R numbers positions from the pad id).

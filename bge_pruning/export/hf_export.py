@@ -638,7 +638,10 @@ def _pruning_info(*, backbone, base_shape, pruned_shape, exported_shape, kept, l
         "usage": {
             "transformers": f"AutoModel.from_pretrained(path{trc})",
             "sentence_transformers": f"SentenceTransformer(path{trc})",
-            "flag_embedding": f"BGEM3FlagModel(path, {flag_args})",
+            "flag_embedding": (f"BGEM3FlagModel(path, {flag_args})"
+                               + ("" if heads_info.get("sparse") and heads_info.get("colbert") else
+                                  "; dense only: this export has no sparse/colbert head files, and FlagEmbedding "
+                                  "would score with randomly initialised heads")),
         },
     }
     result.update(info)
