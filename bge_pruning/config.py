@@ -207,7 +207,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, required: 
     if cfg.stage not in ("prune", "finetune"):
         raise ConfigError(f"{path}: stage must be 'prune' or 'finetune', got {cfg.stage!r}")
     if cfg.run_name is None:
-        cfg.run_name = path.stem
+        cfg.run_name = default_run_name(cfg, path)
     return cfg
 
 
@@ -226,6 +226,18 @@ def _parse_value(text: str) -> Any:
 
 def to_container(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg) else cfg
+
+
+def default_run_name(cfg: DictConfig, path: Path) -> str:
+    """A finetune of ``experiments/<run>/model`` is ``<run>_finetune``, so each prune target gets its own
+    finetune folder (and export); otherwise the config file's name."""
+    if cfg.stage == "finetune" and isinstance(cfg.model.name_or_path, str):
+        source = Path(cfg.model.name_or_path)
+        if source.name == "model" and source.parent.name:
+            return f"{source.parent.name}_finetune"
+        if source.name and not str(cfg.model.name_or_path).startswith("embedded:"):
+            return f"{source.name}_finetune"
+    return path.stem
 
 
 def fill_run_name(value: str | None, run_name: str) -> str | None:
