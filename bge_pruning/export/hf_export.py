@@ -36,6 +36,8 @@ from ..shapes import EncoderShape, count_params, kept_share
 from ..vocab import write_wordpiece_vocab_txt
 from . import modeling_pruned
 from .install import OLD_MARK, TempExportDir, recover_leftovers, swap_into_place
+from .model_card import hub_id
+from .model_card import render as render_card
 from .verify import (ExportError, check_close, check_head_file, check_loading_info, count_module_params,
                      max_abs_diff_on_tokens)
 
@@ -154,7 +156,11 @@ def export_pruned_model(
         if counts["exported"]["total"] != n_reloaded:
             raise ExportError(f"parameter count check failed: count_params says {counts['exported']['total']}, "
                               f"the reloaded model has {n_reloaded}")
+        pruning_info["base_model_hub_id"] = hub_id(pruning_info.get("base_model"))
         (tmp / PRUNING_INFO_FILE).write_text(json.dumps(pruning_info, indent=2) + "\n")
+        stage = "writing the model card"
+        (tmp / "README.md").write_text(render_card(pruning_info, _source_dir(pruning_info.get("base_model"))),
+                                       encoding="utf-8")
         _apply_umask(tmp)
 
         stage = "moving the export into place"
@@ -600,8 +606,21 @@ def _verify_reload(tmp: Path, layout, probe, reference, dtype, device, exported_
         del model
 
 
+def _source_dir(base_model: str | None) -> Path | None:
+    """The base model's local directory (for the license its card states), or None."""
+    from ..models.loading import ModelLoadError, resolve_model_path
+
+    if not base_model:
+        return None
+    try:
+        path = Path(resolve_model_path(str(base_model)))
+    except ModelLoadError:
+        return None
+    return path if path.is_dir() else None
+
+
 def _computed_info_keys() -> set[str]:
-    return {"format_version", "base_model", "family", "export", "pooling", "normalize", "heads", "base_shape",
+    return {"format_version", "base_model", "base_model_hub_id", "family", "export", "pooling", "normalize", "heads", "base_shape",
             "target_shape", "achieved_shape", "exported_shape", "kept_layers", "kept_heads", "params",
             "kept_encoder_share", "verification", "usage"}
 

@@ -1,0 +1,92 @@
+"""The export's ``README.md``: a Hugging Face model card in sentence-transformers' style.
+
+Front matter as the Hub reads it (``library_name``, ``base_model`` as a Hub id, the base's ``license`` and
+``language`` carried over, ``pipeline_tag``, tags), then the pruned shape, parameter counts, what was kept, and
+how to load it. sentence-transformers' own card generator needs a training run of its own to fill in, so the
+card is written here from ``pruning_info.json``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+# The embedded offline models and the Hub ids they are copies of.
+EMBEDDED_HUB_IDS = {"embedded:all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+                    "embedded:all-mpnet-base-v2": "sentence-transformers/all-mpnet-base-v2"}
+CARRIED_KEYS = ("license", "language")
+
+
+def hub_id(base_model: str | None) -> str | None:
+    """``embedded:NAME`` -> its Hub id; a Hub id stays; a local path has none (unless its own card names one)."""
+    if not base_model:
+        return None
+    if base_model in EMBEDDED_HUB_IDS:
+        return EMBEDDED_HUB_IDS[base_model]
+    path = Path(base_model)
+    if path.exists():
+        return source_front_matter(path).get("base_model") if path.is_dir() else None
+    parts = base_model.split("/")
+    return base_model if len(parts) == 2 and all(parts) and not base_model.startswith((".", "/")) else None
+
+
+def source_front_matter(model_dir: Path) -> dict[str, Any]:
+    """The simple ``key: value`` lines of a model card's YAML front matter (lists are skipped)."""
+    card = model_dir / "README.md"
+    try:
+        text = card.read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    m = re.match(r"^---\n(.*?)\n---", text, re.S)
+    if not m:
+        return {}
+    out: dict[str, Any] = {}
+    for line in m.group(1).splitlines():
+        key, sep, value = line.partition(":")
+        if sep and not line.startswith((" ", "-")) and value.strip():
+            out[key.strip()] = value.strip()
+    return out
+
+
+def render(info: Mapping[str, Any], source_dir: Path | None) -> str:
+    """The card's text for an export described by ``info`` (its pruning_info.json)."""
+    base = info.get("base_model")
+    base_id = info.get("base_model_hub_id")
+    carried = {k: v for k, v in source_front_matter(source_dir).items() if k in CARRIED_KEYS} if source_dir else {}
+    front = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity"]
+    if base_id:
+        front.append(f"base_model: {base_id}")
+    front += [f"{k}: {v}" for k, v in carried.items()]
+    front += ["tags:", "- sentence-transformers", "- feature-extraction", "- sentence-similarity", "- pruned",
+              "- bge-pruning", "---"]
+    shape, params = info["achieved_shape"], info["params"]
+    heads = shape["heads_per_layer"]
+    inter = shape["intermediate_per_layer"]
+    width = (f"{heads[0]} heads and {inter[0]} FFN units per layer" if len(set(heads)) <= 1 and len(set(inter)) <= 1
+             else f"heads per layer {heads}, FFN units per layer {inter}")
+    before, after = params["before"], params["after"]
+    trc = info["export"]["trust_remote_code"]
+    lines = front + [
+        "", f"# {Path(str(base)).name if base else 'model'} (pruned)", "",
+        f"A structurally pruned copy of `{base_id or base}` made with bge_pruning (LLM-Shearing-style L0 "
+        "masks on layers, heads and FFN units, physically removed and verified against the masked model).", "",
+        "| | base | pruned |", "|---|---:|---:|",
+        f"| layers | {info['base_shape']['n_layers']} | {shape['n_layers']} |",
+        f"| encoder-layer parameters | {before['encoder_layers']:,} | {after['encoder_layers']:,} |",
+        f"| total parameters | {before['total']:,} | {after['total']:,} |", "",
+        f"Kept layers {info['kept_layers']} of the base, {width}; pooling `{info['pooling']}`"
+        f"{', normalized' if info['normalize'] else ''}.",
+    ]
+    vocab = info.get("vocabulary")
+    if isinstance(vocab, Mapping) and vocab.get("kept_size"):
+        lines += ["", f"Vocabulary trimmed to {vocab['kept_size']:,} of {vocab['base_size']:,} tokens (the tokens of "
+                  f"{', '.join(map(str, vocab.get('corpus', [])))}); other text is split into smaller pieces or UNK."]
+    lines += ["", "## Usage", "", "```python", "from sentence_transformers import SentenceTransformer",
+              f"model = SentenceTransformer(\"PATH\"{', trust_remote_code=True' if trc else ''})",
+              "embeddings = model.encode([\"a sentence\"])", "```", ""]
+    if trc:
+        lines += ["This export keeps fewer heads in some layers and ships `modeling_pruned.py`, which "
+                  "`trust_remote_code=True` executes. A `--vanilla` export loads with stock classes instead.", ""]
+    lines += [f"FlagEmbedding: `{info['usage']['flag_embedding']}`.", "",
+              "Details (kept heads per layer, verification, parameter counts): `pruning_info.json`.", ""]
+    return "\n".join(lines)

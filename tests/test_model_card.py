@@ -1,0 +1,31 @@
+"""Every export has a model card as the Hub and sentence-transformers expect it."""
+import json
+
+from bge_pruning.export.model_card import hub_id, source_front_matter
+
+
+def test_hub_ids(tmp_path, minilm_path):
+    assert hub_id("embedded:all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert hub_id("BAAI/bge-m3") == "BAAI/bge-m3"
+    assert hub_id(str(minilm_path)) is None  # a local copy whose card names no base model
+    assert hub_id(None) is None
+    assert source_front_matter(minilm_path)["license"] == "apache-2.0"
+
+
+def test_export_card(tmp_path, minilm_path):
+    from bge_pruning.vocab import prune_vocabulary
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a man is playing a guitar.\nthe cat sits on the mat.\n")
+    out, record = prune_vocabulary("embedded:all-MiniLM-L6-v2", tmp_path / "out", [str(corpus)],
+                                   log=lambda *_: None)
+    card = (out / "README.md").read_text()
+    front = card.split("---")[1]
+    for line in ("library_name: sentence-transformers", "base_model: sentence-transformers/all-MiniLM-L6-v2",
+                 "license: apache-2.0", "language: en", "pipeline_tag: sentence-similarity"):
+        assert line in front.splitlines(), front
+    info = json.loads((out / "pruning_info.json").read_text())
+    assert info["base_model_hub_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert f"| total parameters | {info['params']['before']['total']:,} | {info['params']['after']['total']:,} |" in card
+    assert f"Vocabulary trimmed to {record['kept_size']:,} of 30,522 tokens" in card
+    assert "trust_remote_code" not in card  # a stock-class export: no remote code to mention
