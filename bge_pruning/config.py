@@ -95,13 +95,17 @@ DEFAULTS: dict[str, Any] = {
         "vanilla": False,
         "overwrite": False,
     },
+    # Composer loggers and monitors, as llm-foundry's: each entry's mapping is passed to the class as keyword
+    # arguments, e.g. loggers: {tensorboard: {log_dir: runs/x}}, callbacks: {lr_monitor: {}}.
+    "loggers": None,  # tensorboard (TensorboardLogger) | mlflow (MLFlowLogger) | wandb (WandBLogger)
+    "callbacks": None,  # lr_monitor | speed_monitor | memory_monitor
     "report": {
         "before_after": False,  # evaluate base vs pruned on data.eval.sts at the end and print a table
     },
 }
 
 # Keys whose values are mappings passed through without key validation.
-FREE_KEYS = {"train.fsdp_config"}
+FREE_KEYS = {"train.fsdp_config", "loggers", "callbacks"}
 
 
 class DuplicateKeyError(yaml.YAMLError):

@@ -222,3 +222,34 @@ def test_grad_clip_norm_adds_composer_gradient_clipping(tmp_path, tiny_xlmr_path
     assert not any(isinstance(a, GradientClipping) for a in build_algorithms(load_config(tiny_config(tmp_path, tiny_xlmr_path)).train))
     with pytest.raises(ConfigError, match="train.grad_clip_norm must be a positive number"):
         build_algorithms(load_config(tiny_config(tmp_path, tiny_xlmr_path), ["train.grad_clip_norm=-1"]).train)
+
+
+def test_loggers_and_monitors_from_config(tmp_path, tiny_xlmr_path, monkeypatch):
+    """TensorBoard and MLflow (both offline, local files) and the LR / speed monitors, configured by name."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 wants a database unless told otherwise
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from bge_pruning.models.l0_module import ConfigError
+
+    tb, mlruns = tmp_path / "tb", tmp_path / "mlruns"
+    path = tiny_config(tmp_path, tiny_xlmr_path, max_duration="6ba", eval_interval="6ba")
+    cfg = load_config(path, [f"loggers={{tensorboard: {{log_dir: {tb}, flush_interval: 1}}, mlflow: "
+                             f"{{tracking_uri: 'file:{mlruns}', experiment_name: tiny}}}}",
+                             "callbacks={lr_monitor: {}, speed_monitor: {window_size: 2}}"])
+    trainer, model = build_trainer(cfg)
+    trainer.fit()
+    trainer.close()
+    events = list(tb.rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert any(t.startswith("lr-DecoupledAdamW/") for t in tags), tags
+    assert "throughput/batches_per_sec" in tags and "loss/train/total" in tags and "l0/expected_sparsity" in tags
+    logged = {str(p.relative_to(next(p.parents[i] for i in range(len(p.parents)) if p.parents[i].name == "metrics")))
+              for p in mlruns.rglob("*") if p.is_file() and "metrics" in p.parts}
+    assert "loss/train/total" in logged and "l0/expected_sparsity" in logged, sorted(logged)[:20]
+    with pytest.raises(ConfigError, match="loggers.tensorbord: unknown; valid: tensorboard, mlflow, wandb"):
+        build_trainer(load_config(path, ["loggers={tensorbord: {}}"]))
+    with pytest.raises(ConfigError, match=r"callbacks.speed_monitor: unknown setting\(s\) \['window'\]"):
+        build_trainer(load_config(path, ["callbacks={speed_monitor: {window: 3}}"]))

@@ -71,6 +71,56 @@ class OutputsInLoss(Algorithm):
             state.loss["total"] = state.loss["total"] + 0.0 * sum(t.float().sum() for t in tensors)
 
 
+LOGGERS = {"tensorboard": "TensorboardLogger", "mlflow": "MLFlowLogger", "wandb": "WandBLogger"}
+MONITORS = {"lr_monitor": "LRMonitor", "speed_monitor": "SpeedMonitor", "memory_monitor": "MemoryMonitor"}
+
+
+def _named_objects(section: Any, key: str, names: dict[str, str], module: str, run_name: str) -> list[Any]:
+    """``{name: {kwargs}}`` of a config section -> Composer objects; unknown names and bad kwargs are ConfigErrors."""
+    import importlib
+    import inspect
+
+    if section is None:
+        return []
+    section = to_container(section)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{key} must be a mapping of {' | '.join(names)} to their settings, got {section!r}")
+    out = []
+    for name, kwargs in section.items():
+        if name not in names:
+            raise ConfigError(f"{key}.{name}: unknown; valid: {', '.join(names)}")
+        kwargs = dict(kwargs or {})
+        if not all(isinstance(k, str) for k in kwargs):
+            raise ConfigError(f"{key}.{name} must map setting names to values")
+        kwargs = {k: fill_run_name(v, run_name) if isinstance(v, str) else v for k, v in kwargs.items()}
+        try:
+            cls = getattr(importlib.import_module(module), names[name])
+        except ImportError as e:
+            raise ConfigError(f"{key}.{name} needs a package that is not installed ({e.name}); pip install "
+                              f"'bge_pruning[loggers]'") from None
+        params = inspect.signature(cls).parameters
+        bad = sorted(set(kwargs) - set(params))
+        if bad:
+            raise ConfigError(f"{key}.{name}: unknown setting(s) {bad}; {names[name]} takes {', '.join(params)}")
+        try:
+            out.append(cls(**kwargs))
+        except ImportError as e:  # Composer imports the logging library when the logger is built
+            raise ConfigError(f"{key}.{name} needs a package that is not installed ({e.name}); pip install "
+                              f"'bge_pruning[loggers]'") from None
+    return out
+
+
+def build_loggers(cfg: Any) -> list[Any]:
+    """The JSON-lines log, plus ``loggers:`` (Composer's TensorBoard / MLflow / W&B loggers)."""
+    loggers: list[Any] = [JsonlLogger(fill_run_name(cfg.train.log_file, cfg.run_name))] if cfg.train.log_file else []
+    return loggers + _named_objects(cfg.get("loggers"), "loggers", LOGGERS, "composer.loggers", cfg.run_name)
+
+
+def build_monitors(cfg: Any) -> list[Any]:
+    """``callbacks:``: Composer's LR, speed and memory monitors."""
+    return _named_objects(cfg.get("callbacks"), "callbacks", MONITORS, "composer.callbacks", cfg.run_name)
+
+
 def build_algorithms(tcfg: Any) -> list[Algorithm]:
     """``OutputsInLoss`` always; Composer's ``GradientClipping`` (global norm, every parameter group, as
     LLM-Shearing) when ``train.grad_clip_norm`` is set."""
@@ -224,7 +274,8 @@ def build_trainer(cfg: Any, model: ComposerBGEM3 | None = None) -> tuple[Trainer
     save_folder = fill_run_name(tcfg.save_folder, cfg.run_name)
     callbacks = [PruningCallback(save_folder=save_folder), NonFiniteLossGuard(save_folder=save_folder),
                  CompleteOptimizerState()]
-    loggers = [JsonlLogger(fill_run_name(tcfg.log_file, cfg.run_name))] if tcfg.log_file else []
+    loggers = build_loggers(cfg)
+    callbacks += build_monitors(cfg)
     fsdp = check_parallelism(cfg)
     if fsdp is not None:
         prepare_fsdp(model)
