@@ -186,25 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def unwritable(path: Path) -> str | None:
-    """Why ``path`` could not be written as the JSON report, or None (probed with a temporary file)."""
-    import tempfile
-
-    if path.is_dir():
-        return "is a directory"
-    parent = path.expanduser().resolve().parent
-    while not parent.exists():  # write_json creates missing directories: probe the nearest existing one
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{parent} is a file, not a directory"
-    try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".probe-"):
-            pass
-    except OSError as e:
-        return f"its directory {parent} is not writable ({e.strerror})"
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -238,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         except RemoteCodeError as e:
             return fail(str(e), 2)
     if args.output:
-        problem = unwritable(Path(args.output))
+        from bge_pruning.paths import unwritable
+
+        problem = "is a directory" if Path(args.output).is_dir() else unwritable(Path(args.output))
         if problem:
             return fail(f"--output {args.output}: {problem} (checked before evaluating, so no result is lost)", 2)
     if args.device is None:

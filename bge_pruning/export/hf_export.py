@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..models.heads import COLBERT_FILE, POOLING_MODES, SPARSE_FILE
+from ..paths import unwritable
 from ..shapes import EncoderShape, count_params, kept_share
 from ..vocab import write_wordpiece_vocab_txt
 from . import modeling_pruned
@@ -687,14 +688,9 @@ def _make_parents(parent: Path) -> list[Path]:
 def _check_writable(directory: Path) -> None:
     """A file can be created in ``directory`` (or its nearest existing ancestor): a read-only filesystem is
     reported as such, not as a lack of free space."""
-    probe_dir = directory
-    while not probe_dir.exists():
-        probe_dir = probe_dir.parent
-    try:
-        with tempfile.TemporaryFile(dir=probe_dir):
-            pass
-    except OSError as exc:
-        raise ExportError(f"cannot write in {probe_dir} ({exc.strerror or exc})") from None
+    problem = unwritable(directory)
+    if problem:
+        raise ExportError(problem)
 
 
 def _check_free_space(parent: Path, needed: int) -> None:

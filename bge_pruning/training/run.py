@@ -14,6 +14,7 @@ from composer.utils import dist, get_device, reproducibility
 from torch.utils.data import DataLoader
 
 from ..config import fill_run_name, to_container
+from ..paths import unwritable
 from ..data import PairCollator, TripletCollator, build_train_dataloader, load_sts, load_triplets, num_samples_in_batch
 from ..models.composer_bge_m3 import ComposerBGEM3, build_model
 from ..models.l0_module import ConfigError
@@ -165,34 +166,17 @@ def _max_batches(max_duration: str) -> int | None:
     return int(text[:-2]) if text.endswith("ba") and text[:-2].isdigit() else None
 
 
-def _unwritable(path: Path) -> str | None:
-    """Why a file or directory could not be created at ``path`` (probing its nearest existing ancestor)."""
-    import tempfile
-
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{parent} is a file, not a directory"
-    try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".probe-"):
-            pass
-    except OSError as e:
-        return f"cannot write in {parent} ({e.strerror or e})"
-    return None
-
-
 def check_output_paths(cfg: Any) -> None:
     """``train.log_file`` and the export's parent can be written: found out at start-up, not after training."""
     if cfg.train.log_file:
         log_file = Path(fill_run_name(cfg.train.log_file, cfg.run_name))
         if log_file.is_dir():
             raise ConfigError(f"train.log_file: {log_file} is a directory; give a file path (a .jsonl)")
-        problem = _unwritable(log_file)
+        problem = unwritable(log_file)
         if problem:
             raise ConfigError(f"train.log_file: {log_file}: {problem}")
     out = Path(fill_run_name(cfg.export.output_dir, cfg.run_name))
-    problem = _unwritable(out)
+    problem = unwritable(out)
     if problem:
         raise ConfigError(f"export.output_dir: {out}: {problem}")
 
