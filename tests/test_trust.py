@@ -135,3 +135,32 @@ def test_extract_one_line_errors_for_a_directory_and_a_remote_uri(tmp_path):
     truncated.write_bytes(b"PK\x03\x04 not a whole zip")
     line = _one_error_line(_run("scripts/extract_pruned_model.py", str(truncated), str(tmp_path / "out3")))
     assert "not a readable Composer checkpoint" in line
+
+
+def test_teacher_and_benchmark_refuse_planted_remote_code(planted, tmp_path, minilm_path):
+    model_dir, marker = planted
+    proc = _run("train.py", "configs/demo.yaml", f"model.teacher={model_dir}", "run_name=planted_teacher",
+                f"train.save_folder={tmp_path / 'ckpt'}", f"export.output_dir={tmp_path / 'out'}",
+                f"train.log_file={tmp_path / 'log.jsonl'}")
+    assert "model.teacher" in _one_error_line(proc)
+    proc = _run("scripts/benchmark_efficiency.py", str(minilm_path), str(model_dir), "--batch-sizes", "1",
+                "--seq-lens", "8", "--repeats", "1")
+    assert "PRUNED_DIR" in _one_error_line(proc) and "--trust-remote-code" in _one_error_line(proc)
+    assert not marker.exists()
+
+
+def test_hub_ids_get_stock_classes_unless_opted_in():
+    assert resolve_trust("BAAI/bge-m3", False, "model.name_or_path", "y") is False
+    assert resolve_trust("BAAI/bge-m3", True, "model.name_or_path", "y") is True
+
+
+def test_extract_refuses_planted_code_in_the_runs_base_model(tmp_path, tiny_xlmr_path):
+    from test_reliability import write_config
+
+    cfg = write_config(tmp_path, tiny_xlmr_path, max_duration="4ba", save_interval="4ba", eval_interval="100ba")
+    assert _run(str(ROOT / "train.py"), str(cfg), cwd=tmp_path).returncode == 0
+    marker = tmp_path / "PAYLOAD_RAN"
+    plant_remote_code(tmp_path / "ckpt" / "base_model", marker)
+    proc = _run("scripts/extract_pruned_model.py", str(tmp_path / "ckpt" / "latest-rank0.pt"), str(tmp_path / "x"))
+    line = _one_error_line(proc)
+    assert "base_model/ beside it" in line and "--trust-remote-code" in line and not marker.exists()
