@@ -131,7 +131,7 @@ class TaskData:
 def evaluate_one_model(model_dir: str, specs: list[TaskSpec], data: TaskData, args, mteb_dir: Path | None,
                        role: str) -> dict[str, dict[str, float]]:
     from bge_pruning.evaluation.encoder import EmbeddingModel
-    from bge_pruning.evaluation.mteb_wrapper import run_mteb
+    from bge_pruning.evaluation.mteb_wrapper import model_identity, run_mteb
     from bge_pruning.evaluation.retrieval import evaluate_retrieval
     from bge_pruning.evaluation.sts import evaluate_sts
 
@@ -147,8 +147,9 @@ def evaluate_one_model(model_dir: str, specs: list[TaskSpec], data: TaskData, ar
             results[t.label] = evaluate_retrieval(model, corpus, queries, qrels, k_values=RETRIEVAL_K,
                                                   batch_size=args.batch_size, show_progress=progress)
         else:
-            out = run_mteb(model, [data.mteb_task(t)], output_dir=mteb_dir / role if mteb_dir else None,
-                           batch_size=args.batch_size, show_progress=progress, max_examples=args.max_examples)
+            out = run_mteb(model, [data.mteb_task(t)], output_dir=mteb_dir, batch_size=args.batch_size,
+                           show_progress=progress, max_examples=args.max_examples,
+                           identity=model_identity(model_dir, model.path))
             metrics = {}
             for name, r in out.items():
                 metrics[f"{r['main_score_name']}" if len(out) == 1 else f"{name}/{r['main_score_name']}"] = \
@@ -232,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     from bge_pruning.evaluation.report import build_report, format_table, write_json
 
     mteb_dir = None
-    if args.output and any(t.kind == "mteb" for t in specs):
-        out = Path(args.output)
-        mteb_dir = out.with_name(out.stem + "_mteb")
+    if any(t.kind == "mteb" for t in specs):  # mteb's own result files: beside --output, else ./mteb_results
+        out = Path(args.output) if args.output else None
+        mteb_dir = out.with_name(out.stem + "_mteb") if out else Path("mteb_results")
     data = TaskData(args.max_examples)
     try:  # mteb task names are checked before any model is loaded
         for t in specs:

@@ -26,7 +26,7 @@ def test_bge_m3_config_fails_offline_at_the_hub_with_a_clear_message(tmp_path):
                    f"export.output_dir={tmp_path}/model", "train.log_file=null")
     assert proc.returncode == 2
     assert "model.name_or_path: could not download 'BAAI/bge-m3' from the Hugging Face hub" in proc.stderr
-    assert "huggingface-cli download BAAI/bge-m3" in proc.stderr
+    assert "hf download BAAI/bge-m3" in proc.stderr  # huggingface_hub 2.x installs `hf`, not huggingface-cli
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "model").exists()
 

@@ -33,8 +33,42 @@ def _task_name(prefix: str, path: Path) -> str:
     return f"{prefix}_{_safe(path.name if path.is_dir() else path.stem)}"
 
 
-def make_mteb_encoder(model, name: str | None = None):
-    """An mteb ``EncoderProtocol`` object for ``model`` (an EmbeddingModel)."""
+def model_identity(spec: str, model_dir: str | Path) -> tuple[str, str]:
+    """``(name, revision)`` under which mteb files a model's results, so a pruned model and its base never
+    share a folder: a project export is ``bge_pruning/<base>-pruned-<N>M`` (from its pruning_info.json), the
+    embedded MiniLM its Hub id, a hub id itself, any other directory ``local/<name>``; the revision is the
+    first 12 hex digits of the weights' sha256 (``local`` when there is no weights file)."""
+    import hashlib
+    import json
+
+    from bge_pruning.export.model_card import EMBEDDED_HUB_IDS, hub_id
+
+    model_dir = Path(model_dir)
+    info_file = model_dir / "pruning_info.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    if isinstance(info, dict) and info.get("params"):
+        base = info.get("base_model_hub_id") or hub_id(info.get("base_model")) or str(info.get("base_model") or "")
+        base_name = _safe(Path(base).name or "model")
+        name = f"bge_pruning/{base_name}-pruned-{info['params']['after']['total'] / 1e6:.1f}M"
+    elif spec in EMBEDDED_HUB_IDS:
+        name = EMBEDDED_HUB_IDS[spec]
+    elif hub_id(spec) and not Path(spec).exists():
+        name = spec
+    else:
+        folder = model_dir.parent.name if model_dir.name == "model" and model_dir.parent.name else model_dir.name
+        name = f"local/{_safe(folder)}"
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        return name, "local"
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return name, digest.hexdigest()[:12]
+
+
+def make_mteb_encoder(model, name: str | None = None, revision: str = "local"):
+    """An mteb ``EncoderProtocol`` object for ``model`` (an EmbeddingModel), filed as ``name`` / ``revision``."""
     from mteb.models import ModelMeta
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.models.model_meta import ScoringFunction
@@ -47,7 +81,8 @@ def make_mteb_encoder(model, name: str | None = None):
             model_name = name or f"bge_pruning/{_safe(model.name)}"
             self.mteb_model_meta = ModelMeta.create_empty(overwrites={
                 "name": model_name,
-                "revision": "local",
+                "revision": revision,
+                "n_parameters": sum(p.numel() for p in model.model.parameters()),
                 "embed_dim": model.dim,
                 "max_tokens": model.max_length,
                 "similarity_fn_name": ScoringFunction.COSINE,
@@ -167,6 +202,17 @@ def local_retrieval_task(path: str | Path, split: str = "test", name: str | None
     return cls()
 
 
+def split_of_file(path: Path) -> str:
+    """The split a local STS file holds, from its name: sts-dev.csv is ``validation`` (as the Hub's STS-B),
+    a train file ``train``, anything else ``test``. (Results of dev data must not be filed as test.)"""
+    stem = path.stem.lower() if path.is_file() else ""
+    if re.search(r"(^|[-_.])(dev|validation|val)($|[-_.])", stem):
+        return "validation"
+    if re.search(r"(^|[-_.])train($|[-_.])", stem):
+        return "train"
+    return "test"
+
+
 def resolve_task(task: Any, split: str | None = None, max_examples: int | None = None):
     """A task object from a task object, a local path or an mteb task name.
 
@@ -181,7 +227,7 @@ def resolve_task(task: Any, split: str | None = None, max_examples: int | None =
         raise TypeError(f"mteb task must be a task object, a local path or a task name, got {task!r}")
     path = Path(task).expanduser()
     if path.is_file() or (path.is_dir() and not (path / "corpus.jsonl").is_file()):
-        return local_sts_task(path, split=split or "test", max_examples=max_examples)
+        return local_sts_task(path, split=split or split_of_file(path), max_examples=max_examples)
     if path.is_dir():
         return local_retrieval_task(path, split=split or "test", max_queries=max_examples)
     from bge_pruning.data.errors import looks_like_local_path
@@ -199,7 +245,8 @@ def resolve_task(task: Any, split: str | None = None, max_examples: int | None =
 
 
 def run_mteb(model, tasks: Sequence[Any], output_dir: str | Path | None = None, batch_size: int = 32,
-             show_progress: bool = True, max_examples: int | None = None) -> dict[str, dict]:
+             show_progress: bool = True, max_examples: int | None = None,
+             identity: tuple[str, str] | None = None) -> dict[str, dict]:
     """Run ``tasks`` on ``model`` (an EmbeddingModel or an mteb encoder) and return
     ``{task_name: {"main_score": float, "main_score_name": str, "scores": {split: [per-subset dicts]}}}``
     (``main_score``: mean over splits and subsets, in mteb's [0, 1] scale).
@@ -210,7 +257,7 @@ def run_mteb(model, tasks: Sequence[Any], output_dir: str | Path | None = None, 
     import mteb
     from mteb.cache import ResultCache
 
-    encoder = model if hasattr(model, "mteb_model_meta") else make_mteb_encoder(model)
+    encoder = model if hasattr(model, "mteb_model_meta") else make_mteb_encoder(model, *(identity or ()))
     task_objs = [resolve_task(t, max_examples=max_examples) for t in tasks]
     main_names = {t.metadata.name: t.metadata.main_score for t in task_objs}
     cache = ResultCache(cache_path=Path(output_dir)) if output_dir is not None else None
