@@ -485,8 +485,12 @@ def trim_for_run(backbone: nn.Module, tokenizer: Any, vcfg: Any, key: str = "mod
     except VocabError as e:
         message = str(e)
         raise VocabError(message if message.startswith(key) else f"{key}: {message}") from None
+    from .shapes import count_params
+
+    params_before = count_params(base.shape).total
     del base
     record = plan.to_dict()
-    record.update(corpus=list(corpus), verification=verification,
+    record.update(corpus=list(corpus), verification=verification, params_before=params_before,
+                  params_after=count_params(backbone.shape).total,
                   coverage={"corpus": coverage(tokenizer, new_tokenizer, texts, plan.kept_ids)}, kept_base_ids=plan.kept_ids)
     return new_tokenizer, record

@@ -26,6 +26,24 @@ def test_export_card(tmp_path, minilm_path):
         assert line in front.splitlines(), front
     info = json.loads((out / "pruning_info.json").read_text())
     assert info["base_model_hub_id"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert f"| total parameters | {info['params']['before']['total']:,} | {info['params']['after']['total']:,} |" in card
+    assert f"| total parameters | 22,713,216 | {info['params']['after']['total']:,} |" in card  # the untrimmed base
+    assert record["params_before"] == 22713216
     assert f"Vocabulary trimmed to {record['kept_size']:,} of 30,522 tokens" in card
     assert "trust_remote_code" not in card  # a stock-class export: no remote code to mention
+
+
+def test_card_of_a_run_that_trimmed_the_vocabulary_first():
+    from bge_pruning.export.model_card import render
+
+    info = {"base_model": "embedded:all-MiniLM-L6-v2", "base_model_hub_id": "sentence-transformers/all-MiniLM-L6-v2",
+            "achieved_shape": {"n_layers": 4, "heads_per_layer": [9] * 4, "intermediate_per_layer": [1152] * 4},
+            "base_shape": {"n_layers": 6},
+            "params": {"before": {"encoder_layers": 10646784, "total": 12405888},
+                       "after": {"encoder_layers": 5325696, "total": 7084800}},
+            "kept_layers": [0, 1, 3, 5], "pooling": "mean", "normalize": True,
+            "export": {"trust_remote_code": True}, "usage": {"flag_embedding": "BGEM3FlagModel(path, ...)"},
+            "vocabulary": {"kept_size": 3680, "base_size": 30522, "params_before": 22713216, "corpus": ["x.txt"]}}
+    card = render(info, None)
+    assert "# all-MiniLM-L6-v2 (pruned)" in card
+    assert "| total parameters | 22,713,216 | 7,084,800 |" in card  # the base before its vocabulary was cut
+    assert "trust_remote_code=True" in card and "executes" in card

@@ -65,20 +65,22 @@ def render(info: Mapping[str, Any], source_dir: Path | None) -> str:
     width = (f"{heads[0]} heads and {inter[0]} FFN units per layer" if len(set(heads)) <= 1 and len(set(inter)) <= 1
              else f"heads per layer {heads}, FFN units per layer {inter}")
     before, after = params["before"], params["after"]
+    vocab = info.get("vocabulary") if isinstance(info.get("vocabulary"), Mapping) else {}
+    # A vocabulary trimmed before training: "before" is the trimmed model; the base had the full vocabulary.
+    base_total = int(vocab.get("params_before") or before["total"])
     trc = info["export"]["trust_remote_code"]
     lines = front + [
-        "", f"# {Path(str(base)).name if base else 'model'} (pruned)", "",
+        "", f"# {(base_id or str(base or 'model')).split('/')[-1].split(':')[-1]} (pruned)", "",
         f"A structurally pruned copy of `{base_id or base}` made with bge_pruning (LLM-Shearing-style L0 "
         "masks on layers, heads and FFN units, physically removed and verified against the masked model).", "",
         "| | base | pruned |", "|---|---:|---:|",
         f"| layers | {info['base_shape']['n_layers']} | {shape['n_layers']} |",
         f"| encoder-layer parameters | {before['encoder_layers']:,} | {after['encoder_layers']:,} |",
-        f"| total parameters | {before['total']:,} | {after['total']:,} |", "",
+        f"| total parameters | {base_total:,} | {after['total']:,} |", "",
         f"Kept layers {info['kept_layers']} of the base, {width}; pooling `{info['pooling']}`"
         f"{', normalized' if info['normalize'] else ''}.",
     ]
-    vocab = info.get("vocabulary")
-    if isinstance(vocab, Mapping) and vocab.get("kept_size"):
+    if vocab.get("kept_size"):
         lines += ["", f"Vocabulary trimmed to {vocab['kept_size']:,} of {vocab['base_size']:,} tokens (the tokens of "
                   f"{', '.join(map(str, vocab.get('corpus', [])))}); other text is split into smaller pieces or UNK."]
     lines += ["", "## Usage", "", "```python", "from sentence_transformers import SentenceTransformer",
