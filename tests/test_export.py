@@ -483,12 +483,13 @@ def _load_script():
 def test_extract_script(tiny, tmp_path, monkeypatch, capsys):
     loaded = []
 
-    def load_composer_model(path):
+    def load_composer_model(path, trust_remote_code=False):
         loaded.append(path)
         return _fake_composer(tiny, _tiny_zs())
 
     fake = types.ModuleType("bge_pruning.training.checkpoint")
     fake.load_composer_model = load_composer_model
+    fake.CheckpointError = type("CheckpointError", (RuntimeError,), {})
     monkeypatch.setitem(sys.modules, "bge_pruning.training.checkpoint", fake)
     script = _load_script()
     ckpt = tmp_path / "ep1-ba10-rank0.pt"
@@ -498,8 +499,8 @@ def test_extract_script(tiny, tmp_path, monkeypatch, capsys):
     assert (tmp_path / "out" / "pruning_info.json").is_file() and loaded == [str(ckpt)]
     capsys.readouterr()
 
-    # A non-empty target is refused before the checkpoint is even loaded.
-    assert script.main([str(ckpt), str(tmp_path / "out")]) == 1
+    # A non-empty target is refused (bad input: exit 2) before the checkpoint is even loaded.
+    assert script.main([str(ckpt), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "not empty" in err and "--overwrite" in err and len(loaded) == 1
     assert script.main([str(ckpt), str(tmp_path / "out"), "--overwrite", "--vanilla"]) == 0
@@ -508,7 +509,7 @@ def test_extract_script(tiny, tmp_path, monkeypatch, capsys):
     # The checkpoint itself can never be inside the directory that --overwrite would replace.
     inside = tmp_path / "out" / "ckpt.pt"
     inside.write_bytes(b"x")
-    assert script.main([str(inside), str(tmp_path / "out"), "--overwrite"]) == 1
+    assert script.main([str(inside), str(tmp_path / "out"), "--overwrite"]) == 2
     assert "inside" in capsys.readouterr().err and inside.exists()
-    assert script.main([str(tmp_path / "missing.pt"), str(tmp_path / "o2")]) == 1
+    assert script.main([str(tmp_path / "missing.pt"), str(tmp_path / "o2")]) == 2
     assert "not found" in capsys.readouterr().err

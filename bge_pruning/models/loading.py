@@ -69,7 +69,7 @@ def load_hf_model(name_or_path: str, what: str = "model.name_or_path", *, trust_
                 f"then set {what}=models/{path.split('/')[-1]}. Underlying error: {first}") from None
         raise ModelLoadError(f"{what}: could not load {path}: {type(e).__name__}: {first}") from None
     _check_family(path, what, getattr(model.config, "model_type", None))
-    check_tokenizer_matches(tokenizer, model.config, f"{what} ({path})")
+    check_tokenizer_matches(tokenizer, model.config, what)
     return model, tokenizer
 
 

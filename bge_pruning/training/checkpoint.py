@@ -241,15 +241,25 @@ RUN_LOCK = ".run.lock"
 
 
 class RunLock:
-    """The flock on ``{save_folder}/.run.lock`` that a run holds; released by ``release`` or the process's end."""
+    """The flock on ``{save_folder}/.run.lock`` that a run holds. ``release`` removes the lock file (and the
+    folders the lock created, when they are still empty), so a run that stopped early leaves nothing behind."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, path: Path, created: list[Path]) -> None:
         self.fd: int | None = fd
+        self.path = path
+        self.created = created
 
     def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor drops the flock
-            self.fd = None
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still held: a waiter that opened it re-checks the inode
+        os.close(self.fd)  # closing the descriptor drops the flock
+        self.fd = None
+        for folder in reversed(self.created):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
 
 
 def lock_run_folder(folder: Path, run_name: str) -> RunLock:
@@ -257,18 +267,33 @@ def lock_run_folder(folder: Path, run_name: str) -> RunLock:
     stops at once with one line. Also proves the folder is writable before any work."""
     import fcntl
 
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / RUN_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
-    except OSError as e:
-        raise CheckpointError(f"train.save_folder: cannot write in {folder} ({e.strerror or e})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise CheckpointError(f"train.save_folder: {folder} is in use by another run (pid {owner}) of "
-                              f"'{run_name}'; wait for it to finish, or start this one with another run_name") from None
+    created = []
+    p = folder.absolute()
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    created.reverse()
+    lock = folder / RUN_LOCK
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as e:
+            raise CheckpointError(f"train.save_folder: cannot write in {folder} ({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CheckpointError(f"train.save_folder: {folder} is in use by another run (pid {owner}) of "
+                                  f"'{run_name}'; wait for it to finish, or start this one with another run_name") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file between our open and our lock: take the new one
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return RunLock(fd)
+    return RunLock(fd, lock, created)
