@@ -3,6 +3,7 @@
 
     python scripts/evaluate_model.py MODEL_DIR [--baseline DIR] --tasks SPEC [SPEC ...]
         [--output results.json] [--batch-size N] [--max-examples N] [--device cpu|cuda] [--no-progress]
+        [--trust-remote-code]
 
 Task specs (PREFIX:ARGUMENT):
   sts:PATH_OR_HF_ID[:split]         Spearman / Pearson (x100) of cosine vs gold (+ sparse/colbert heads)
@@ -14,7 +15,9 @@ The split defaults to "test" (it picks the file of a directory or the split of a
 local file is read whatever the split).
 
 Prints ``task | metric | value`` or, with --baseline, ``task | metric | base | pruned | retention %``;
---output writes a JSON with every number, the model dirs and the wall time.
+--output writes a JSON with every number, the model dirs and the wall time. mteb's own result files go
+beside it (``<output>_mteb/``), or to ./mteb_results without --output, filed under each model's name and a
+hash of its weights.
 """
 from __future__ import annotations
 
@@ -169,7 +172,8 @@ def evaluate_one_model(model_dir: str, specs: list[TaskSpec], data: TaskData, ar
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])  # the rest, not the description again
     p.add_argument("model_dir", help="model directory to evaluate (HF + sentence-transformers layout)")
     p.add_argument("--baseline", help="baseline model: a directory, a hub id (e.g. BAAI/bge-m3) or "
                                       "embedded:all-MiniLM-L6-v2; adds base and retention %% columns")

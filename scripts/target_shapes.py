@@ -23,13 +23,20 @@ def main() -> None:
     ap.add_argument("--step", type=int, default=256, help="intermediate size granularity")
     ap.add_argument("--base", default=None, help="local model directory or embedded:NAME (default: BGE-M3's shape)")
     args = ap.parse_args()
+    if not 0 < args.share <= 1:
+        ap.error(f"--share must be in (0, 1] (a share of the base's encoder-layer parameters), got {args.share}")
     base = BGE_M3
     if args.base:
         from transformers import AutoConfig
 
-        from bge_pruning.models.loading import resolve_model_path
+        from bge_pruning.models.loading import ModelLoadError, resolve_model_path
 
-        base = EncoderShape.from_hf_config(AutoConfig.from_pretrained(resolve_model_path(args.base)))
+        try:
+            base = EncoderShape.from_hf_config(AutoConfig.from_pretrained(resolve_model_path(args.base)))
+        except (OSError, ValueError, ModelLoadError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            ap.exit(2, f"{ap.prog}: error: --base {args.base}: cannot read its config.json ({first}); give a "
+                       "local model directory or embedded:NAME\n")
     base_count = count_params(base)
     L, H, I = base.n_layers, base.heads_per_layer[0], base.intermediate_per_layer[0]
     rows = []

@@ -87,3 +87,24 @@ def test_evaluate_cli_accepts_embedded_and_reports_hub_failures(tmp_path):
     assert offline.returncode != 0
     assert "BAAI/bge-m3: not a local directory, and it could not be downloaded" in offline.stderr
     assert "Traceback" not in offline.stderr
+
+
+def test_small_cli_contracts():
+    """--help says the description once; target_shapes refuses a share above 1 and an unreadable --base."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    help_text = subprocess.run([sys.executable, str(root / "scripts" / "evaluate_model.py"), "--help"],
+                               capture_output=True, text=True, timeout=120).stdout
+    first_line = "Evaluate a model directory (optionally against a baseline)"
+    assert help_text.count(first_line) == 1
+    bad = subprocess.run([sys.executable, str(root / "scripts" / "target_shapes.py"), "--share", "1.5"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--share must be in (0, 1]" in bad.stderr
+    hub = subprocess.run([sys.executable, str(root / "scripts" / "target_shapes.py"), "--share", "0.5", "--base",
+                          "BAAI/bge-m3"], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert hub.returncode == 2 and "--base BAAI/bge-m3: cannot read its config.json" in hub.stderr
+    assert "Traceback" not in hub.stderr
