@@ -72,8 +72,6 @@ def print_summary(summary: dict) -> None:
         s = summary["final_shape"]
         print(f"final shape: {s['n_layers']} layers, heads per layer {s['heads_per_layer']}, "
               f"intermediate per layer {s['intermediate_per_layer']}")
-    for warning in summary.get("convergence", {}).get("warnings", []):
-        print(f"warning: pruning did not converge: {warning}")
     print(f"exported model: {summary['export_dir']}")
     if "before_after_table" in summary:
         print("\n" + summary["before_after_table"])

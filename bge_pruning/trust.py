@@ -32,32 +32,22 @@ def shipped_modeling_source() -> bytes:
     return (Path(__file__).resolve().parent / "export" / MODELING_FILE).read_bytes()
 
 
-def _read_config(model_dir: Path) -> dict:
+def _read_json(path: Path) -> dict:
     try:
-        data = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}  # no readable config: loading reports it; no remote code is asked for here
+        return {}  # missing or unreadable: loading reports it; no remote code is asked for here
     return data if isinstance(data, dict) else {}
 
 
 def remote_code_references(model_dir: str | Path) -> list[str]:
     """The ``auto_map`` entries (config.json and tokenizer_config.json) that would import code from the directory."""
-    model_dir = Path(model_dir)
     refs: list[str] = []
     for name in ("config.json", "tokenizer_config.json"):
-        if name == "config.json":
-            data = _read_config(model_dir)
-        else:
-            try:
-                data = json.loads((model_dir / name).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                data = {}
-        auto_map = data.get("auto_map") if isinstance(data, dict) else None
+        auto_map = _read_json(Path(model_dir) / name).get("auto_map")
         if isinstance(auto_map, dict):
             for value in auto_map.values():
-                for v in value if isinstance(value, list) else [value]:
-                    if isinstance(v, str):
-                        refs.append(v)
+                refs += [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
     return refs
 
 

@@ -82,14 +82,13 @@ def count_tokens(tokenizer: Any, texts: Iterable[str], batch_size: int = 1024) -
     return counts
 
 
-def always_kept_ids(tokenizer: Any, config: Any = None) -> list[int]:
+def always_kept_ids(tokenizer: Any) -> list[int]:
     """Ids every trimmed vocabulary keeps: special and added tokens, and every id up to the pad id."""
     data = _backend_json(tokenizer)
     ids = {a["id"] for a in data.get("added_tokens", [])}
     ids.update(i for i in tokenizer.all_special_ids if i is not None)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else getattr(config, "pad_token_id", None)
-    if pad is not None:
-        ids.update(range(int(pad) + 1))
+    if tokenizer.pad_token_id is not None:
+        ids.update(range(int(tokenizer.pad_token_id) + 1))
     return sorted(ids)
 
 
@@ -116,13 +115,13 @@ class VocabPlan:
 
 
 def plan_vocabulary(tokenizer: Any, texts: Sequence[str], *, vocab_size: int | None = None, min_count: int = 1,
-                    max_vocab: int | None = None, keep_tokens: Sequence[str] = (), config: Any = None) -> VocabPlan:
+                    max_vocab: int | None = None, keep_tokens: Sequence[str] = ()) -> VocabPlan:
     """The ids to keep: the always-kept ones, the corpus tokens seen ``min_count`` times or more (the most
     frequent first when ``max_vocab`` caps the total), and ``keep_tokens`` (token strings) on top."""
     base_size = int(vocab_size if vocab_size is not None else len(tokenizer))
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise VocabError(f"--min-count must be a whole number >= 1, got {min_count!r}")
-    always = [i for i in always_kept_ids(tokenizer, config) if i < base_size]
+    always = [i for i in always_kept_ids(tokenizer) if i < base_size]
     if max_vocab is not None:
         if isinstance(max_vocab, bool) or not isinstance(max_vocab, int):
             raise VocabError(f"--max-vocab must be a whole number, got {max_vocab!r}")
@@ -342,6 +341,27 @@ def verify_trim(old_backbone: nn.Module, old_tokenizer: Any, new_backbone: nn.Mo
     return {"texts": len(texts), "max_abs_diff": worst, "atol": atol}
 
 
+def trim_verified(backbone: nn.Module, tokenizer: Any, plan: VocabPlan, texts: Sequence[str],
+                  corpus: Sequence[str], verify_texts: int) -> tuple[Any, dict[str, Any]]:
+    """Trim ``backbone`` in place to ``plan``, check it against a copy of the untrimmed model on a sample of
+    ``texts`` (``verify_trim``), and return the new tokenizer and the ``vocabulary`` record."""
+    import copy
+
+    from .shapes import count_params
+
+    untrimmed = copy.deepcopy(backbone)
+    params_before = count_params(untrimmed.shape).total
+    new_tokenizer = trim_backbone(backbone, tokenizer, plan.kept_ids)
+    verification = verify_trim(untrimmed, tokenizer, backbone, new_tokenizer, plan.kept_ids,
+                               _sample(texts, verify_texts))
+    del untrimmed
+    record: dict[str, Any] = plan.to_dict()
+    record.update(corpus=list(corpus), params_before=params_before, params_after=count_params(backbone.shape).total,
+                  verification=verification, coverage={"corpus": coverage(tokenizer, new_tokenizer, texts, plan.kept_ids)},
+                  kept_base_ids=plan.kept_ids)
+    return new_tokenizer, record
+
+
 # ====================================================================== a model directory, end to end
 def load_tokenizer(model_dir: str | Path) -> Any:
     """The directory's tokenizer (no remote code: a tokenizer never needs it), refused unless it is fast."""
@@ -391,14 +411,11 @@ def prune_vocabulary(model: str, out_dir: str | Path, corpus: Sequence[str], *, 
 
     Returns the directory and the ``vocabulary`` record also stored in its ``pruning_info.json``.
     """
-    import copy
-
     from .evaluation.encoder import read_st_layout, resolve_model_dir
     from .export.hf_export import check_export_target, export_pruned_model
     from .models.heads import COLBERT_FILE, SPARSE_FILE, ColbertHead, SparseHead
     from .models.loading import load_hf_model, load_linear_state
     from .models.masked_encoder import MaskedBGEM3Backbone
-    from .shapes import count_params
 
     if not corpus:
         raise VocabError("--corpus: give at least one corpus")
@@ -412,11 +429,8 @@ def prune_vocabulary(model: str, out_dir: str | Path, corpus: Sequence[str], *, 
     plan = plan_vocabulary(tokenizer, texts, min_count=min_count, max_vocab=max_vocab, keep_tokens=keep_tokens)
     hf_model, _ = load_hf_model(str(model_dir), "MODEL_DIR", trust_remote_code=trust_remote_code,
                                 opt_in="pass --trust-remote-code")
-    base = MaskedBGEM3Backbone.from_hf_model(hf_model)
+    base = MaskedBGEM3Backbone.from_hf_model(hf_model)  # load_hf_model checked the tokenizer against it
     del hf_model
-    if base.config.vocab_size < plan.base_size:
-        raise VocabError(f"{model_dir}: the tokenizer has {plan.base_size} tokens, the model's vocabulary "
-                         f"{base.config.vocab_size}: tokenizer and model do not match")
     info_file = model_dir / "pruning_info.json"
     prior = json.loads(info_file.read_text()) if info_file.is_file() else {}
     pooling, normalize, max_seq_length, _ = read_st_layout(model_dir)
@@ -434,16 +448,7 @@ def prune_vocabulary(model: str, out_dir: str | Path, corpus: Sequence[str], *, 
 
     log(f"vocabulary: keeping {len(plan.kept_ids):,} of {plan.base_size:,} tokens ({plan.n_from_corpus:,} from "
         f"{len(texts):,} corpus texts, {plan.n_always} special/added, {plan.n_from_keep_tokens} from --keep-tokens)")
-    trimmed = copy.deepcopy(base)
-    new_tokenizer = trim_backbone(trimmed, tokenizer, plan.kept_ids)
-    verification = verify_trim(base, tokenizer, trimmed, new_tokenizer, plan.kept_ids, _sample(texts, verify_texts))
-    record: dict[str, Any] = plan.to_dict()
-    record.update(
-        corpus=list(corpus),
-        params_before=count_params(base.shape).total, params_after=count_params(trimmed.shape).total,
-        verification=verification,
-        coverage={"corpus": coverage(tokenizer, new_tokenizer, texts, plan.kept_ids)},
-        kept_base_ids=plan.kept_ids)
+    new_tokenizer, record = trim_verified(base, tokenizer, plan, texts, corpus, verify_texts)  # base: now trimmed
     if eval_texts:
         record["coverage"]["eval"] = {"sources": list(eval_corpus), **coverage(tokenizer, new_tokenizer, eval_texts, plan.kept_ids)}
     info: dict[str, Any] = {"base_model": prior.get("base_model") or model, "vocabulary": record}
@@ -456,7 +461,7 @@ def prune_vocabulary(model: str, out_dir: str | Path, corpus: Sequence[str], *, 
             if earlier:
                 record["kept_base_ids"] = [earlier[i] for i in plan.kept_ids]
                 record["base_size"] = prior["vocabulary"].get("base_size", record["base_size"])
-    out = export_pruned_model(trimmed, out_dir, new_tokenizer, None, pooling=pooling, normalize=normalize,
+    out = export_pruned_model(base, out_dir, new_tokenizer, None, pooling=pooling, normalize=normalize,
                               sparse_head=heads["sparse"], colbert_head=heads["colbert"], overwrite=overwrite,
                               info=info, max_seq_length=max_seq_length)
     return out, record
@@ -467,8 +472,6 @@ def trim_for_run(backbone: nn.Module, tokenizer: Any, vcfg: Any, key: str = "mod
 
     Returns the trimmed tokenizer and the record that the run's export stores in ``pruning_info.json``.
     """
-    import copy
-
     corpus = vcfg.get("corpus")
     if isinstance(corpus, str):
         corpus = [corpus]
@@ -479,18 +482,7 @@ def trim_for_run(backbone: nn.Module, tokenizer: Any, vcfg: Any, key: str = "mod
         keep = read_keep_tokens(vcfg["keep_tokens"]) if vcfg.get("keep_tokens") else ()
         plan = plan_vocabulary(tokenizer, texts, vocab_size=len(tokenizer), min_count=int(vcfg.get("min_count") or 1),
                                max_vocab=vcfg.get("max_vocab"), keep_tokens=keep)
-        base = copy.deepcopy(backbone)
-        new_tokenizer = trim_backbone(backbone, tokenizer, plan.kept_ids)
-        verification = verify_trim(base, tokenizer, backbone, new_tokenizer, plan.kept_ids, _sample(texts, 64))
+        return trim_verified(backbone, tokenizer, plan, texts, corpus, 64)
     except VocabError as e:
         message = str(e)
         raise VocabError(message if message.startswith(key) else f"{key}: {message}") from None
-    from .shapes import count_params
-
-    params_before = count_params(base.shape).total
-    del base
-    record = plan.to_dict()
-    record.update(corpus=list(corpus), verification=verification, params_before=params_before,
-                  params_after=count_params(backbone.shape).total,
-                  coverage={"corpus": coverage(tokenizer, new_tokenizer, texts, plan.kept_ids)}, kept_base_ids=plan.kept_ids)
-    return new_tokenizer, record

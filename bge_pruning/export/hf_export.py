@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..models.heads import COLBERT_FILE, POOLING_MODES, SPARSE_FILE
-from ..paths import unwritable
+from ..paths import too_little_space, unwritable
 from ..shapes import EncoderShape, count_params, kept_share
 from ..vocab import write_wordpiece_vocab_txt
 from . import modeling_pruned
@@ -695,10 +695,9 @@ def _check_writable(directory: Path) -> None:
 
 def _check_free_space(parent: Path, needed: int) -> None:
     _check_writable(parent)
-    free = shutil.disk_usage(parent).free
-    if free < needed * 1.05 + 50 * 2**20:
-        raise ExportError(f"not enough free space in {parent}: the weights need {needed / 2**20:.0f} MiB, "
-                          f"{free / 2**20:.0f} MiB free")
+    problem = too_little_space(parent, needed)
+    if problem:
+        raise ExportError(f"not enough free space in {parent}: {problem}")
 
 
 def _apply_umask(root: Path) -> None:

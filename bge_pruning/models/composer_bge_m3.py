@@ -236,9 +236,10 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
     """
     mcfg, lcfg = cfg.model, cfg.loss
     fresh = hf_model is None  # a checkpoint's saved config is already trimmed: model.vocab applies once
-    if fresh:
+    if fresh:  # load_hf_model checks the tokenizer against the model
         hf_model, tokenizer = load_hf_model(mcfg.name_or_path, trust_remote_code=bool(mcfg.get("trust_remote_code")))
-    check_tokenizer_matches(tokenizer, hf_model.config, "model.name_or_path")
+    else:
+        check_tokenizer_matches(tokenizer, hf_model.config, "model.name_or_path")
     backbone = MaskedBGEM3Backbone.from_hf_model(hf_model)
     del hf_model
     vocab_record = None

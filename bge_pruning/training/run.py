@@ -14,7 +14,7 @@ from composer.utils import dist, get_device, reproducibility
 from torch.utils.data import DataLoader
 
 from ..config import fill_run_name, to_container
-from ..paths import unwritable
+from ..paths import too_little_space, unwritable
 from ..data import PairCollator, TripletCollator, build_train_dataloader, load_sts, load_triplets, num_samples_in_batch
 from ..models.composer_bge_m3 import ComposerBGEM3, build_model
 from ..models.l0_module import ConfigError
@@ -183,19 +183,13 @@ def check_output_paths(cfg: Any) -> None:
 
 def check_export_space(cfg: Any, model: ComposerBGEM3) -> None:
     """Enough free space for the float32 export, checked before training (on BGE-M3, hours before it)."""
-    import shutil
-
     from ..shapes import count_params
 
-    out = Path(fill_run_name(cfg.export.output_dir, cfg.run_name)).absolute()
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
+    out = Path(fill_run_name(cfg.export.output_dir, cfg.run_name))
     needed = 4 * count_params(model.backbone.shape).total  # an upper bound: the export is never larger
-    free = shutil.disk_usage(parent).free
-    if free < needed * 1.05 + 50 * 2**20:
-        raise ConfigError(f"export.output_dir: {out}: the export needs up to {needed / 2**20:.0f} MiB, "
-                          f"{parent} has {free / 2**20:.0f} MiB free; free space or choose another directory")
+    problem = too_little_space(out, needed)
+    if problem:
+        raise ConfigError(f"export.output_dir: {out.absolute()}: {problem}; free space or choose another directory")
 
 
 def check_export_target(cfg: Any) -> Path:
@@ -308,7 +302,7 @@ def is_disk_full(error: BaseException) -> bool:
 
 def disk_full_message(folder: Path, step: int, error: BaseException) -> str:
     """Move the partial checkpoint aside (autoresume must not see it) and say how to go on."""
-    from .checkpoint import CHECKPOINT_FILE, INTERRUPTED_DIR, LATEST_LINK, is_intact
+    from .checkpoint import CHECKPOINT_FILE, INTERRUPTED_DIR, is_intact
 
     moved = []
     if folder.is_dir():
