@@ -504,8 +504,12 @@ class ParetoRun:
     spearman: float
 
 
-def read_pareto_runs(data: str | Path | Mapping[str, Any], x: str = "auto") -> tuple[list[ParetoRun], str]:
-    """Runs of a Pareto file (format in the module docstring) and the params key used for the x axis."""
+def read_pareto_runs(data: str | Path | Mapping[str, Any], x: str = "auto",
+                     metric: str = "spearman") -> tuple[list[ParetoRun], str]:
+    """Runs of a Pareto file (format in the module docstring) and the params key used for the x axis.
+
+    ``metric`` names the key plotted on the y axis (``spearman`` by default; the quality benchmark also writes
+    ``ndcg10``); the returned runs carry it in ``spearman``."""
     if x not in ("auto", "encoder", "total"):
         raise PlotError(f"--x must be auto, encoder or total, got {x!r}")
     source = "results" if isinstance(data, Mapping) else str(data)
@@ -519,9 +523,9 @@ def read_pareto_runs(data: str | Path | Mapping[str, Any], x: str = "auto") -> t
             raise PlotError(f"{source}: runs[{i}] is not an object")
         if not isinstance(run.get("name"), str) or not run["name"]:
             raise PlotError(f"{source}: runs[{i}] needs a non-empty string 'name'")
-        sp = run.get("spearman")
+        sp = run.get(metric)
         if isinstance(sp, bool) or not isinstance(sp, (int, float)) or not math.isfinite(sp):
-            raise PlotError(f"{source}: runs[{i}] ({run['name']}) needs a finite number 'spearman', got {sp!r}")
+            raise PlotError(f"{source}: runs[{i}] ({run['name']}) needs a finite number '{metric}', got {sp!r}")
         if "method" in run and not isinstance(run["method"], str):
             raise PlotError(f"{source}: runs[{i}] ({run['name']}): 'method' must be a string")
         for key in ("encoder_params", "total_params"):
@@ -541,7 +545,7 @@ def read_pareto_runs(data: str | Path | Mapping[str, Any], x: str = "auto") -> t
         if lacking:
             raise PlotError(f"{source}: --x {x}: runs {lacking} have no '{key}'")
     return [ParetoRun(name=r["name"], method=r.get("method") or "other", params=int(r[key]),
-                      spearman=float(r["spearman"])) for r in runs], key
+                      spearman=float(r[metric])) for r in runs], key
 
 
 def pareto_front(runs: Iterable[ParetoRun]) -> list[ParetoRun]:
@@ -566,9 +570,11 @@ def label_below(run: ParetoRun, runs: Sequence[ParetoRun]) -> bool:
                and 0 <= o.spearman - run.spearman < 0.04 * span for o in runs)
 
 
-def plot_pareto(data: str | Path | Mapping[str, Any], out: str | Path, x: str = "auto") -> Path:
-    """Parameters vs Spearman, one colour/marker per method, the Pareto front dashed, every point labelled."""
-    runs, key = read_pareto_runs(data, x)
+def plot_pareto(data: str | Path | Mapping[str, Any], out: str | Path, x: str = "auto",
+                metric: str = "spearman") -> Path:
+    """Parameters vs ``metric`` (Spearman by default), one colour/marker per method, the Pareto front dashed, every
+    point labelled. The y label is the file's ``<metric>_label`` when it has one."""
+    runs, key = read_pareto_runs(data, x, metric)
     obj = data if isinstance(data, Mapping) else json.loads(Path(data).read_text(encoding="utf-8"))
     fig = _figure(9, 6)
     ax = fig.subplots()
@@ -593,7 +599,7 @@ def plot_pareto(data: str | Path | Mapping[str, Any], out: str | Path, x: str = 
     ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
     label = "encoder-layer" if key == "encoder_params" else "total"
     ax.set_xlabel(f"{label} parameters (M)")
-    ax.set_ylabel(obj.get("spearman_label") if isinstance(obj.get("spearman_label"), str) else "Spearman")
+    ax.set_ylabel(obj.get(f"{metric}_label") if isinstance(obj.get(f"{metric}_label"), str) else metric)
     ax.set_title(obj.get("title") if isinstance(obj.get("title"), str) else f"Quality vs size ({len(runs)} runs)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
@@ -701,6 +707,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     q.add_argument("--out", type=Path, default=Path("pareto.png"))
     q.add_argument("--x", choices=("auto", "encoder", "total"), default="auto",
                    help="parameter count on the x axis (auto: encoder_params if every run has it, else total_params)")
+    q.add_argument("--metric", default="spearman",
+                   help="the runs' key on the y axis: spearman (default), or ndcg10 in the quality benchmark's results")
     e = sub.add_parser("efficiency", help="re-plot the JSON written by scripts/benchmark_efficiency.py --output")
     e.add_argument("results", metavar="EFFICIENCY.json")
     e.add_argument("--out", type=Path, default=Path("efficiency.png"))
@@ -711,7 +719,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         elif args.command == "training":
             path = plot_training(args.run_log, args.out)
         elif args.command == "pareto":
-            path = plot_pareto(args.results, args.out, x=args.x)
+            path = plot_pareto(args.results, args.out, x=args.x, metric=args.metric)
         else:
             path = plot_efficiency(args.results, args.out)
     except PlotError as exc:

@@ -161,3 +161,44 @@ def kept_share(base: EncoderShape, pruned: EncoderShape) -> float:
     """Share of the base model's encoder-layer parameters that the pruned shape keeps."""
     return count_params(pruned).encoder_layers / count_params(base).encoder_layers
 
+
+
+@dataclass(frozen=True)
+class ShapeCandidate:
+    """A uniform target shape, its share of the base's encoder-layer parameters and how evenly it shrinks."""
+
+    n_layers: int
+    n_heads: int
+    intermediate_size: int
+    share: float
+    balance: float  # max - min of the per-dimension ratios (layers, heads, FFN units): 0 = shrunk evenly
+    shape: EncoderShape
+
+    @property
+    def label(self) -> str:
+        return f"{self.n_layers}L/{self.n_heads}H/{self.intermediate_size}I"
+
+
+def candidate_shapes(base: EncoderShape, share: float, *, min_layers: int = 1, step: int = 64) -> list[ShapeCandidate]:
+    """Uniform shapes of ``base`` ranked for a target ``share`` of its encoder-layer parameters.
+
+    Ranked by distance to the share (rounded to 0.01, so shapes within a point tie), then by balance: shapes that
+    shrink depth, heads and FFN width by similar ratios first, as Sheared-LLaMA's targets do. ``step`` is the FFN
+    width granularity. ``scripts/target_shapes.py`` prints this list; the quality benchmark takes the first.
+    """
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    if not base.is_uniform:
+        raise ValueError("candidate_shapes needs a uniform base shape")
+    total = count_params(base).encoder_layers
+    L, H, I = base.n_layers, base.heads_per_layer[0], base.intermediate_per_layer[0]
+    out = []
+    for n_layers in range(max(1, min_layers), L + 1):
+        for n_heads in range(1, H + 1):
+            for inter in range(step, I + 1, step):
+                shape = base.with_target(n_layers, n_heads, inter)
+                s = count_params(shape).encoder_layers / total
+                ratios = (n_layers / L, n_heads / H, inter / I)
+                out.append(ShapeCandidate(n_layers, n_heads, inter, s, max(ratios) - min(ratios), shape))
+    out.sort(key=lambda c: (round(abs(c.share - share), 2), c.balance))
+    return out

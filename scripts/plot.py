@@ -7,7 +7,7 @@
     python scripts/plot.py training RUN_LOG.jsonl --out curves.png
         expected vs target sparsity (overall and per module), lambdas, total loss, eval STS Spearman,
         expected encoder size, over steps (the train_log.jsonl that JsonlLogger writes)
-    python scripts/plot.py pareto RESULTS.json --out pareto.png [--x auto|encoder|total]
+    python scripts/plot.py pareto RESULTS.json --out pareto.png [--x auto|encoder|total] [--metric spearman|ndcg10]
         parameters vs Spearman of {"runs": [{"name", "method", "encoder_params"|"total_params", "spearman"}]}
         (format: the docstring of bge_pruning/plots.py)
     python scripts/plot.py efficiency EFFICIENCY.json --out efficiency.png

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from bge_pruning.shapes import EncoderShape, count_params
+from bge_pruning.shapes import EncoderShape, candidate_shapes, count_params
 
 BGE_M3 = EncoderShape.uniform(n_layers=24, n_heads=16, hidden_size=1024, intermediate_size=4096,
                               vocab_size=250002, max_position_embeddings=8194, type_vocab_size=1)
@@ -39,23 +39,10 @@ def main() -> None:
                        "local model directory or embedded:NAME\n")
     base_count = count_params(base)
     L, H, I = base.n_layers, base.heads_per_layer[0], base.intermediate_per_layer[0]
-    rows = []
-    for n_layers in range(args.min_layers, L + 1):
-        for n_heads in range(1, H + 1):
-            for inter in range(args.step, I + 1, args.step):
-                shape = base.with_target(n_layers, n_heads, inter)
-                share = count_params(shape).encoder_layers / base_count.encoder_layers
-                # Prefer shapes that shrink each dimension by a similar ratio (as Sheared-LLaMA's targets).
-                ratios = (n_layers / L, n_heads / H, inter / I)
-                balance = max(ratios) - min(ratios)
-                rows.append((abs(share - args.share), balance, n_layers, n_heads, inter, share, shape))
-    rows.sort(key=lambda r: (round(r[0], 2), r[1]))
     print(f"base: {L}L/{H}H/{I}I encoder={base_count.encoder_layers:,} total={base_count.total:,}")
-    for _, balance, n_layers, n_heads, inter, share, shape in rows[: args.top]:
-        c = count_params(shape)
-        print(f"{n_layers}L/{n_heads}H/{inter}I share={share:.4f} encoder={c.encoder_layers:,} "
-              f"total={c.total:,} balance={balance:.3f}")
-
+    for c in candidate_shapes(base, args.share, min_layers=args.min_layers, step=args.step)[: args.top]:
+        n = count_params(c.shape)
+        print(f"{c.label} share={c.share:.4f} encoder={n.encoder_layers:,} total={n.total:,} balance={c.balance:.3f}")
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,8 @@
 """The quality benchmark's pieces: the layer-drop builder, the stage configs, and the results table arithmetic."""
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,15 +18,7 @@ TEXTS = ["the cat sits on the red car.", "a dog", "people walk near the river an
          "der hund und die katze."]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("benchmark_quality", ROOT / "scripts" / "benchmark_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark_quality"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bq = _load_script()
+import bge_pruning.benchmarks.quality as bq  # noqa: E402
 
 
 # ---------------------------------------------------------------------- layer choice
@@ -101,82 +93,86 @@ def test_layer_drop_needs_exactly_one_choice(tiny_xlmr_path, tmp_path):
 
 
 # ---------------------------------------------------------------------- results arithmetic and table
+BASE = {"name": "base", "encoder_params": 10_646_784, "total_params": 22_713_216, "shape": "6L/12H/1536I",
+        "spearman": 86.72, "ndcg10": 64.51}
+
+
+def run(name, method, target, seed, spearman, ndcg10, params=5_325_696, rule=None):
+    return {"name": name, "method": method, "target": target, "seed": seed, "layer_rule": rule,
+            "encoder_params": params, "total_params": params + 12_066_432, "shape": "4L/9H/1152I",
+            "spearman": spearman, "ndcg10": ndcg10}
+
+
 RUNS = [
-    {"name": "reference", "method": "reference", "target": 100, "encoder_params": 10_646_784,
-     "total_params": 22_713_216, "spearman": 88.0, "pearson": 87.0, "train_seconds": 600.0},
-    {"name": "l0_50", "method": "l0", "target": 50, "encoder_params": 5_325_696, "total_params": 17_392_128,
-     "spearman": 86.5, "pearson": 86.0, "train_seconds": 500.0},
-    {"name": "layer_drop_50_bottom", "method": "layer_drop", "target": 50, "encoder_params": 5_323_392,
-     "total_params": 17_389_824, "spearman": 80.0, "pearson": 79.0, "train_seconds": 400.0},
-    {"name": "layer_drop_50", "method": "layer_drop", "target": 50, "encoder_params": 5_323_392,
-     "total_params": 17_389_824, "spearman": 82.0, "pearson": 81.0, "train_seconds": 400.0},
-    {"name": "l0_75", "method": "l0", "target": 75, "encoder_params": 7_988_544, "total_params": 20_054_976,
-     "spearman": 87.8, "pearson": 87.1, "train_seconds": 550.0},
+    run("reference", "reference", 100, 17, 87.0, 63.0, 10_646_784),
+    run("l0_50", "l0", 50, 17, 85.0, 62.0), run("l0_50", "l0", 50, 18, 86.0, 61.0),
+    run("layer_drop_50_ends", "layer_drop", 50, 17, 84.5, 60.0, 5_323_392, "ends"),
+    run("layer_drop_50_bottom", "layer_drop", 50, 17, 80.0, 61.5, 5_323_392, "bottom"),
 ]
 
 
-def test_retention_and_deltas():
-    rows = {r["name"]: r for r in bq.annotate(RUNS)}
-    assert rows["reference"]["retention"] == pytest.approx(100.0)
-    assert rows["l0_50"]["retention"] == pytest.approx(100 * 86.5 / 88.0)
-    assert rows["l0_50"]["delta_vs_layer_drop"] == pytest.approx(4.5)  # vs the BEST layer-drop variant
-    assert rows["l0_50"]["best_layer_drop"] == "layer_drop_50"
-    assert rows["layer_drop_50"]["retention"] == pytest.approx(100 * 82.0 / 88.0)
-    assert rows["layer_drop_50"]["delta_vs_layer_drop"] is None
-    assert rows["l0_75"]["delta_vs_layer_drop"] is None  # no layer-drop run at 75%
-    assert rows["reference"]["delta_vs_layer_drop"] is None
-    assert bq.retention(1.0, 0.0) is None and bq.retention(None, 88.0) is None
-    assert "retention" not in RUNS[0]  # inputs untouched
+def test_aggregate_means_and_spread():
+    rows = {r["name"]: r for r in bq.aggregate(RUNS)}
+    l0 = rows["l0_50"]
+    assert l0["seeds"] == [17, 18]
+    assert l0["spearman"] == pytest.approx(85.5) and l0["spearman_min"] == 85.0 and l0["spearman_max"] == 86.0
+    assert l0["ndcg10"] == pytest.approx(61.5) and l0["ndcg10_per_seed"] == [62.0, 61.0]
+    assert rows["reference"]["seeds"] == [17]
 
 
-def test_check_targets():
-    check = bq.check_targets(RUNS)
-    assert check["retention"] == pytest.approx(98.295, abs=1e-3)
-    assert check["retention_met"] and check["delta_met"] and check["met"]
-    assert check["delta_vs_each_layer_drop"] == pytest.approx({"layer_drop_50_bottom": 6.5, "layer_drop_50": 4.5})
-    assert any("layer_drop_50_bottom +6.50" in line for line in bq.verdict_lines(check))
-    # A stronger layer-drop variant is what L0 must beat.
-    strong = RUNS + [dict(RUNS[2], name="layer_drop_50_ends", spearman=84.0)]
-    check = bq.check_targets(strong)
-    assert check["delta_vs_layer_drop"] == pytest.approx(2.5) and check["delta_met"] is False
-    assert check["best_layer_drop"] == "layer_drop_50_ends"
-    worse = [dict(r, spearman=85.0) if r["name"] == "l0_50" else r for r in RUNS]
-    check = bq.check_targets(worse)
-    assert check["retention_met"] is False and check["delta_met"] is True and check["met"] is False
-    no_baseline = [r for r in RUNS if r["method"] != "layer_drop"]
-    check = bq.check_targets(no_baseline)
-    assert check["delta_vs_layer_drop"] is None and check["met"] is None
-    assert any("not measured" in line for line in bq.verdict_lines(check))
+def test_retention_vs_base_and_best_layer_drop_per_metric():
+    rows = {r["name"]: r for r in bq.annotate(bq.aggregate(RUNS), BASE)}
+    l0 = rows["l0_50"]
+    assert l0["spearman_retention"] == pytest.approx(100 * 85.5 / 86.72)
+    assert l0["ndcg10_retention"] == pytest.approx(100 * 61.5 / 64.51)
+    # The best layer-drop is chosen per metric: ends on STS, bottom on SciFact.
+    assert l0["spearman_best_layer_drop"] == "layer_drop_50_ends"
+    assert l0["spearman_vs_layer_drop"] == pytest.approx(1.0)
+    assert l0["ndcg10_best_layer_drop"] == "layer_drop_50_bottom"
+    assert l0["ndcg10_vs_layer_drop"] == pytest.approx(0.0)
+    assert rows["reference"]["spearman_vs_layer_drop"] is None  # no layer-drop at 100%
+    assert rows["layer_drop_50_ends"]["spearman_vs_layer_drop"] is None
+    assert "spearman_retention" not in RUNS[0]  # inputs untouched
+
+
+def test_check_targets_against_the_base():
+    (check,) = bq.check_targets(bq.aggregate(RUNS), BASE)
+    assert check["name"] == "l0_50"
+    assert check["sts_retention"] == pytest.approx(98.593, abs=1e-3) and check["sts_retention_met"] is True
+    assert check["retrieval_retention"] == pytest.approx(95.334, abs=1e-3) and check["retrieval_retention_met"]
+    assert check["met"] is True and "delta_met" not in check  # MiniLM: the margin is reported, not required
+    # all-mpnet-base-v2 must also beat the best layer-drop by 1 point on both metrics: +1.0 and +0.0 -> not met.
+    (check,) = bq.check_targets(bq.aggregate(RUNS), BASE, min_delta=1.0)
+    assert check["delta_met"] is False and check["met"] is False
+    worse = [dict(r, ndcg10=55.0) if r["method"] == "l0" else r for r in RUNS]
+    (check,) = bq.check_targets(bq.aggregate(worse), BASE)
+    assert check["retrieval_retention_met"] is False and check["met"] is False
+    assert any("NOT MET" in line for line in bq.verdict_lines([check]))
+    no_scifact = [{k: v for k, v in r.items() if k != "ndcg10"} for r in RUNS]
+    (check,) = bq.check_targets(bq.aggregate(no_scifact), BASE)
+    assert check["retrieval_retention"] is None and check["met"] is None
+    assert bq.check_targets(bq.aggregate(RUNS[:1]), BASE) == []
+    assert bq.verdict_lines([]) == ["no L0 run at the check target: nothing to judge"]
 
 
 def test_format_table():
-    base = {"name": "base", "encoder_params": 10_646_784, "total_params": 22_713_216, "spearman": 86.72,
-            "pearson": 86.0}
-    text = bq.format_table(RUNS, base)
-    lines = text.splitlines()
-    assert len(lines) == 2 + 1 + len(RUNS)
+    lines = bq.format_table(bq.aggregate(RUNS), BASE).splitlines()
+    assert len(lines) == 2 + 1 + 4  # header, rule, base, one row per run name
+    assert "86.72" in lines[2] and "64.51" in lines[2]
     l0 = next(line for line in lines if line.startswith("l0_50 "))
-    assert "5,325,696" in l0 and "86.50" in l0 and "98.30" in l0 and "+4.50" in l0
-    assert "86.72" in lines[2]
+    assert "85.50 [85.00, 86.00]" in l0 and "98.6" in l0 and "61.50 [61.00, 62.00]" in l0 and "+1.00" in l0
+    assert "17,18" in l0
 
 
 def test_plan_runs_order():
-    plan = bq.plan_runs([75, 60, 50], [50], ["ends", "bottom", "top"])
-    assert [p[0] for p in plan] == ["reference", "l0_50", "layer_drop_50_ends", "layer_drop_50_bottom",
-                                    "layer_drop_50_top", "l0_60", "l0_75"]
-    assert plan[3][3] == "bottom"
-    assert {p[1] for p in plan} <= set(bq.METHODS)
-
-
-def test_l0_shape_option():
-    assert bq.parse_shape_option("50=6L/6H/768I") == (50, (6, 6, 768))
-    args = bq.parse_args(["--l0-shape", "50=6L/6H/768I", "60=5L/9H/1088I"])
-    assert args.l0_shape == {50: (6, 6, 768), 60: (5, 9, 1088)}
-    for bad in ("50=6/6/768", "6L/6H/768I", "fifty=6L/6H/768I"):
-        with pytest.raises(bq.BenchmarkError, match="TARGET=<layers>L"):
-            bq.parse_shape_option(bad)
-    with pytest.raises(SystemExit):
-        bq.parse_args(["--l0-shape", "50=6x6x768"])
+    plan = bq.plan_runs(["reference", "l0", "l0_global", "layer_drop"], [75, 50])
+    assert [p[0] for p in plan] == ["reference", "l0_50", "l0_global_50", "layer_drop_50_ends",
+                                    "layer_drop_50_bottom", "layer_drop_50_top", "l0_75", "l0_global_75",
+                                    "layer_drop_75_ends", "layer_drop_75_bottom", "layer_drop_75_top"]
+    assert bq.plan_runs(["l0"], [50]) == [("l0_50", "l0", 50, None)]
+    with pytest.raises(bq.BenchmarkError, match="unknown"):
+        bq.plan_runs(["pruning"], [50])
+    assert bq.LAYER_RULES == __import__("bge_pruning.baselines", fromlist=["x"]).LAYER_RULES
 
 
 def test_shape_label():
@@ -187,39 +183,64 @@ def test_shape_label():
     assert bq.shape_label(shape) == "3L/0,1,2H/4,8I"
 
 
+def test_candidate_shapes_is_what_target_shapes_prints():
+    from bge_pruning.shapes import EncoderShape, candidate_shapes
+
+    minilm = EncoderShape.uniform(6, 12, 384, 1536, vocab_size=30522, max_position_embeddings=512, type_vocab_size=2)
+    first = candidate_shapes(minilm, 0.5, min_layers=3, step=64)[0]
+    assert first.label == "4L/9H/1152I" and first.share == pytest.approx(5_325_696 / 10_646_784)
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "target_shapes.py"), "--share", "0.5", "--top", "2"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    bge = EncoderShape.uniform(24, 16, 1024, 4096, vocab_size=250002, max_position_embeddings=8194, type_vocab_size=1)
+    expected = [c.label for c in candidate_shapes(bge, 0.5, min_layers=12, step=256)[:2]]
+    assert [line.split()[0] for line in out[1:]] == expected
+    with pytest.raises(ValueError, match="share"):
+        candidate_shapes(minilm, 1.5)
+
+
+# ---------------------------------------------------------------------- the SciFact split
+def test_scored_claims_are_never_the_trained_half():
+    assert bq.scored_claim("0") and bq.scored_claim("1208") and not bq.scored_claim("13")
+    scifact = ROOT.parent / "shared" / "data" / "scifact"
+    if not (scifact / "qrels" / "train.tsv").is_file():
+        pytest.skip(f"SciFact not found at {scifact} (shared/ is absent on this machine)")
+    corpus, queries, qrels = bq.scifact_scored(scifact)
+    assert len(corpus) == 5183 and set(queries) == set(qrels)
+    all_ids = {json.loads(line)["_id"] for line in (scifact / "queries.jsonl").read_text().splitlines()}
+    assert len(all_ids) == 809
+    assert all(int(q) % 2 == 0 for q in queries) and len(queries) == 415  # every even-id claim has qrels
+
+
 # ---------------------------------------------------------------------- stage configs
 def test_stage_configs_validate(tmp_path):
-    train = tmp_path / "sts-train.csv"
-    train.write_text("sentence1\tsentence2\tscore\na\tb\t1.0\n")
-    run_dir = tmp_path / "l0_50_prune"
-    cfg = bq.stage_config("prune", "l0_50_prune", run_dir, name_or_path=bq.BASE, steps=40, batch_size=8,
-                          train_source=train, seed=17, target_shape=(4, 9, 1152),
+    run_dir = tmp_path / "l0_50_s17_prune"
+    cfg = bq.stage_config("prune", "l0_50_s17_prune", run_dir, name_or_path="embedded:all-MiniLM-L6-v2",
+                          teacher="embedded:all-MiniLM-L6-v2", pooling="mean", steps=40, seed=17,
+                          target_model={"n_layers": 4, "n_heads": 9, "intermediate_size": 1152},
                           overrides=["train.l0_lr=0.5", "loss.distill_embedding=2"])
-    path = bq.write_config(cfg, tmp_path / "configs" / "l0_50_prune.yaml")
-    loaded = load_config(path)
+    loaded = load_config(bq.write_config(cfg, tmp_path / "configs" / "l0_50_prune.yaml"))
     assert loaded.stage == "prune" and loaded.train.max_duration == "40ba"
     assert dict(loaded.model.l0_module.target_model) == {"n_layers": 4, "n_heads": 9, "intermediate_size": 1152}
-    assert loaded.model.l0_module.lagrangian_warmup_steps == "20ba"
+    assert loaded.model.l0_module.lagrangian_warmup_steps == "8ba"  # 20%: 80% of the steps at the target
     assert loaded.train.l0_lr == 0.5 and loaded.loss.distill_embedding == 2
     assert loaded.export.output_dir == str(run_dir / "model")
-    assert loaded.data.train[0].source == str(train)
 
-    cfg = bq.stage_config("finetune", "l0_50", tmp_path / "l0_50", name_or_path=str(run_dir / "model"), steps=20,
-                          batch_size=8, train_source=train, seed=18)
+    cfg = bq.stage_config("finetune", "l0_50_s17", tmp_path / "l0_50", name_or_path=str(run_dir / "model"),
+                          teacher="embedded:all-MiniLM-L6-v2", pooling="mean", steps=20, seed=1017)
     loaded = load_config(bq.write_config(cfg, tmp_path / "configs" / "l0_50.yaml"))
-    assert loaded.stage == "finetune" and loaded.seed == 18
-    # Every method distils from the unpruned base, with the same losses as the prune stage.
-    assert loaded.model.teacher == bq.BASE
+    assert loaded.stage == "finetune" and loaded.seed == 1017
+    # Every method distils from the unpruned base, with the same losses and data as the prune stage.
+    assert loaded.model.teacher == "embedded:all-MiniLM-L6-v2"
     prune = load_config(ROOT / "configs" / "quality" / "prune.yaml")
-    for key in ("cosent", "distill_similarity", "distill_embedding", "infonce"):
-        assert loaded.loss[key] == prune.loss[key]
+    assert dict(loaded.loss) == dict(prune.loss)
+    assert [dict(s) for s in loaded.data.train] == [dict(s) for s in prune.data.train]
     with pytest.raises(bq.BenchmarkError, match="key=value"):
-        bq.stage_config("finetune", "x", tmp_path / "x", name_or_path="m", steps=1, batch_size=2,
-                        train_source=train, seed=1, overrides=["train.lr"])
+        bq.stage_config("finetune", "x", tmp_path / "x", name_or_path="m", teacher="m", pooling="mean", steps=1,
+                        seed=1, overrides=["train.lr"])
 
 
-def test_missing_stsb_is_a_clear_skip(tmp_path, capsys):
+def test_missing_data_is_a_clear_skip(tmp_path, capsys):
     assert bq.main(["--stsb-dir", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
-    assert "skipping the quality benchmark" in err and "sts-train.csv" in err
+    assert "skipping the quality benchmark" in err and "sts-dev.csv" in err
     assert not (tmp_path / "out").exists()
