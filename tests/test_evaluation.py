@@ -378,7 +378,11 @@ def test_report_table_and_json(tmp_path):
     data = json.loads(path.read_text())
     assert data["results"]["sts:x"]["pearson"] is None  # NaN written as null
     assert data["retention_pct"]["sts:x"]["spearman"] == pytest.approx(75.0)
-    assert data["wall_time_s"] == 1.5 and data["baseline_dir"].endswith("b")
+    assert data["wall_time_s"] == 1.5 and data["baseline_dir"] == str((Path.cwd() / "b").resolve())
+    # Names that are not local folders stay names: resolving them would point at a folder that does not exist.
+    for name in ("embedded:all-MiniLM-L6-v2", "BAAI/bge-m3"):
+        assert build_report(tmp_path, {}, baseline_dir=name)["baseline_dir"] == name
+    assert build_report(tmp_path, {})["model_dir"] == str(tmp_path.resolve())
 
 
 def _load_cli():

@@ -75,13 +75,23 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def _model_ref(name: str | Path) -> str:
+    """A local directory as an absolute path; ``embedded:NAME`` and hub ids as given (resolving them against the
+    working directory would name a folder that does not exist)."""
+    text = str(name)
+    if text.startswith("embedded:") or (not Path(text).exists() and text.count("/") == 1
+                                        and not text.startswith((".", "/"))):
+        return text
+    return str(Path(text).resolve())
+
+
 def build_report(model_dir: str | Path, results: Results, *, baseline_dir: str | Path | None = None,
                  baseline_results: Results | None = None, tasks: list | None = None,
                  wall_time_s: float | None = None, extra: Mapping[str, Any] | None = None) -> dict:
     """The JSON-ready report: model dirs, task specs, all numbers, retention, wall time."""
     report: dict[str, Any] = {
-        "model_dir": str(Path(model_dir).resolve()),
-        "baseline_dir": str(Path(baseline_dir).resolve()) if baseline_dir is not None else None,
+        "model_dir": _model_ref(model_dir),
+        "baseline_dir": _model_ref(baseline_dir) if baseline_dir is not None else None,
         "tasks": list(tasks or []),
         "results": {t: dict(m) for t, m in results.items()},
     }
