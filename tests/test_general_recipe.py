@@ -436,3 +436,26 @@ def test_general_prune_config_validates_and_reads_its_data(monkeypatch):
     steps = int(str(prune.train.max_duration).removesuffix("ba"))
     warmup = int(str(prune.model.l0_module.lagrangian_warmup_steps).removesuffix("ba"))
     assert warmup == round(0.2 * steps)  # 80% of the steps at the full target, as LLM-Shearing
+
+
+@pytest.mark.parametrize("content, field, message", [
+    ('{"text": "a"}\n{"body": "b"}\n', None, "{f}:2: no field 'text' (fields: body)"),
+    ('{"text": "a"}\n{"text": "b"\n', None, "{f}:2: invalid JSON"),
+    ('{"text": "a"}\n', "title", "{f}:1: no field 'title' (fields: text)"),
+    ("\n\n", None, "no examples in {f}: no non-empty text"),
+])
+def test_train_py_stops_on_a_bad_text_source_with_one_line(tmp_path, tiny_xlmr_path, capsys, content, field, message):
+    import train as train_script
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content)
+    path = recipe_config(tmp_path, str(tiny_xlmr_path))
+    cfg = yaml.safe_load(path.read_text())
+    cfg["data"]["train"][0].update(source=str(bad), **({"field": field} if field else {}))
+    path.write_text(yaml.safe_dump(cfg))
+    code = train_script.main([str(path)])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert code == 2 and len(lines) == 1, err[-2000:]
+    assert lines[0].startswith("error: " + message.format(f=bad)), lines[0]
+    assert not (tmp_path / "model").exists()
