@@ -71,9 +71,14 @@ def test_layer_matching_is_cofis_order_kept_search_by_hand():
     student = constant_states([0, 1, 2, 3])
     teacher = constant_states([5, 0.9, 1.2, 7, 1.1], pad_value=-1e3)
     mask = torch.tensor([[1, 1, 1, 0]])
+    student = [s.requires_grad_() for s in student]
     loss, alignment = layer_distillation_loss(student, teacher, mask, [1, 2, 4])
     assert alignment == [0, 0, 1]
     assert loss.item() == pytest.approx(0.81 + 1.44 + 0.01, rel=1e-6)
+    loss.backward()  # only matched layers, only real tokens: d/ds of sum (s - t)^2 / (3 tokens x 2 dims)
+    assert student[0].grad[0, :3].flatten().tolist() == pytest.approx([2 * (0 - 0.9) / 6 + 2 * (0 - 1.2) / 6] * 6)
+    assert student[1].grad[0, :3].flatten().tolist() == pytest.approx([2 * (1 - 1.1) / 6] * 6)
+    assert student[0].grad[0, 3].abs().sum() == 0 and student[2].grad is None and student[3].grad is None
 
     # Enough room: teacher values 0.2, 1.9, 3.4 match 0, 2, 3 (costs 0.04, 0.01, 0.16).
     teacher = constant_states([0.2, 1.9, 3.4])

@@ -120,7 +120,7 @@ def layer_distillation_loss(student_layers: list[torch.Tensor], teacher_layers: 
     :func:`layer_alignment` (CoFi's ``layer_distill_version`` 4: searched from the deepest chosen teacher layer
     up, each next one among the student layers strictly below the previous match, so the order of layers is
     kept); the loss is the SUM of the matched costs (as CoFi). The matching is recomputed every step and is not
-    differentiated: gradients flow through the matched costs only.
+    differentiated: gradients flow through the matched costs only (recomputed with a graph after the search).
 
     Args:
         student_layers: the student's per-layer outputs (embeddings excluded), each [B, T, D], already passed
@@ -135,6 +135,14 @@ def layer_distillation_loss(student_layers: list[torch.Tensor], teacher_layers: 
     Returns:
         ``(loss, alignment)``: the scalar loss and, per chosen teacher layer, the 0-based student layer matched.
 
+    Inputs:
+        +---------------------------------------------+--------------------------------------------+
+        | Texts                                       | Labels                                     |
+        +=============================================+============================================+
+        | any batch of texts (plain text, either side | none: the frozen teacher's layer outputs   |
+        | of a pair, queries, passages)               | on the same tokens                         |
+        +---------------------------------------------+--------------------------------------------+
+
     References:
         Xia, Zhong and Chen, "Structured Pruning Learns Compact and Accurate Models" (CoFi), ACL 2022, section
         3.2 (layerwise distillation); princeton-nlp/CoFiPruning ``trainer/trainer.py``,
@@ -147,9 +155,11 @@ def layer_distillation_loss(student_layers: list[torch.Tensor], teacher_layers: 
     """
     if not teacher_indices:
         raise ValueError("layer_distillation_loss: no teacher layers chosen")
-    costs = torch.stack([torch.stack([masked_mse(s, teacher_layers[t], mask) for s in student_layers])
-                         for t in teacher_indices])  # [n_teacher_chosen, n_student]
+    # The search needs every cost but no gradient: computed without a graph, so memory holds only the matched
+    # pairs' activations (for BGE-M3, 4 instead of 4 x 24 token-state differences).
+    with torch.no_grad():
+        costs = torch.stack([torch.stack([masked_mse(s, teacher_layers[t], mask) for s in student_layers])
+                             for t in teacher_indices])  # [n_teacher_chosen, n_student]
     alignment = layer_alignment(costs, student_alive)
-    rows = torch.arange(len(teacher_indices), device=costs.device)
-    loss = costs[rows, torch.tensor(alignment, device=costs.device)].sum()
+    loss = sum(masked_mse(student_layers[a], teacher_layers[t], mask) for t, a in zip(teacher_indices, alignment))
     return loss, alignment
