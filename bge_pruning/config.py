@@ -51,6 +51,10 @@ DEFAULTS: dict[str, Any] = {
         "distill_embedding": 0.0,  # teacher: MSE between normalized dense embeddings (x dim)
         "distill_similarity": 0.0,  # teacher: KL between in-batch similarity distributions
         "distill_hidden": 0.0,  # teacher: MSE between last-layer token states (real tokens)
+        # teacher: CoFi's layer-wise distillation (bge_pruning.training.losses.layer_distillation_loss): each
+        # chosen teacher layer pulls the closest student layer (order kept) through a learned D x D map
+        "distill_layers": 0.0,
+        "distill_layers_teacher": None,  # teacher layers (0-based outputs); None: 4 evenly spaced, last included
         "distill_temperature": 0.05,
     },
     "data": {

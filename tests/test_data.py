@@ -399,9 +399,9 @@ def test_build_train_dataloader_from_local_sources(tmp_path, tokenizer, monkeypa
 @pytest.mark.parametrize("entry, message", [
     ({"name": "x", "type": "sts", "source": "S", "proprtion": 1.0},
      "data.train[1].proprtion: unknown key; valid keys: name, type, source, split, proportion, max_examples, "
-     "n_negatives (did you mean 'proportion'?)"),
-    ({"name": "x", "source": "S"}, "data.train[1].type: missing; one of sts, retrieval"),
-    ({"name": "x", "type": "nli", "source": "S"}, "data.train[1].type: unknown type 'nli'; one of sts, retrieval"),
+     "n_negatives, field, ids (did you mean 'proportion'?)"),
+    ({"name": "x", "source": "S"}, "data.train[1].type: missing; one of sts, retrieval, text"),
+    ({"name": "x", "type": "nli", "source": "S"}, "data.train[1].type: unknown type 'nli'; one of sts, retrieval, text"),
     ({"name": "x", "type": "sts"}, "data.train[1].source: missing; a local file/directory or a Hugging Face dataset id"),
     ({"name": "x", "type": "sts", "source": "S", "proportion": 0}, "data.train[1].proportion: must be a positive number, got 0"),
     ({"name": "x", "type": "sts", "source": "S", "proportion": -0.5}, "data.train[1].proportion: must be a positive number, got -0.5"),

@@ -3,6 +3,7 @@
 Batch layouts (tensors are CPU; the trainer moves them):
 
 * STS: ``{"task": "sts", "a": enc, "b": enc, "scores": float32[B]}``;
+* text: ``{"task": "text", "texts": enc}`` (plain texts, no labels: teacher distillation only);
 * retrieval: ``{"task": "retrieval", "query": enc, "passages": enc, "n_passages_per_query": 1 + n}`` where
   ``passages`` holds, per query in order, its positive then its ``n`` negatives (query i's positive is row
   ``i * (1 + n)``);
@@ -52,6 +53,15 @@ class PairCollator(_Encoder):
             "b": self.encode([p.sentence2 for p in pairs]),
             "scores": torch.tensor([p.score for p in pairs], dtype=torch.float32),
         }
+
+
+class TextCollator(_Encoder):
+    """``list[str]`` -> ``{"task": "text", "texts"}``: single texts for label-free distillation."""
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, Any]:
+        if not texts:
+            raise ValueError("TextCollator: empty batch")
+        return {"task": "text", "texts": self.encode(list(texts))}
 
 
 class TripletCollator(_Encoder):

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError, looks_like_local_path, resolve_local
+from .retrieval import ID_RULES  # ``ids``: keep the queries whose integer id has this parity (a fixed holdout split)
 
-SOURCE_KEYS = ("name", "type", "source", "split", "proportion", "max_examples", "n_negatives")
-SOURCE_TYPES = ("sts", "retrieval")
+SOURCE_KEYS = ("name", "type", "source", "split", "proportion", "max_examples", "n_negatives", "field", "ids")
+SOURCE_TYPES = ("sts", "retrieval", "text")
+
 DEFAULT_MAX_LENGTH = 128
 SHORTCUTS = ("sts", "msmarco", "mteb/<task>")
 
@@ -26,6 +28,8 @@ class SourceSpec:
     proportion: float = 1.0
     max_examples: int | None = None
     n_negatives: int = 0
+    field: str | tuple[str, ...] | None = None  # type text: what to read (see bge_pruning.data.text.load_text_source)
+    ids: str | None = None  # "even" | "odd": only queries with such ids (retrieval, text of queries)
 
 
 def to_plain(cfg: Any) -> Any:
@@ -106,8 +110,24 @@ def parse_source(key: str, entry: Any) -> SourceSpec:
         n_negatives = 0
     if not _is_int(n_negatives) or n_negatives < 0:
         raise DataError(f"{key}.n_negatives: must be a non-negative integer, got {n_negatives!r}")
-    if typ == "sts" and n_negatives:
-        raise DataError(f"{key}.n_negatives: only valid for type retrieval (this source is type sts)")
+    if typ != "retrieval" and n_negatives:
+        raise DataError(f"{key}.n_negatives: only valid for type retrieval (this source is type {typ})")
+    field = entry.get("field")
+    if field is not None:
+        if typ != "text":
+            raise DataError(f"{key}.field: only valid for type text (this source is type {typ})")
+        if isinstance(field, list) and field and all(isinstance(f, str) and f.strip() for f in field):
+            field = tuple(field)
+        elif not isinstance(field, str) or not field.strip():
+            raise DataError(f"{key}.field: must be a field name or a list of field names joined with a space "
+                            f"(e.g. [title, text]), got {field!r}")
+    ids = entry.get("ids")
+    if ids is not None:
+        if typ == "sts":
+            raise DataError(f"{key}.ids: only valid for types retrieval and text (query ids); this source is type sts")
+        if ids not in ID_RULES:
+            raise DataError(f"{key}.ids: must be one of {', '.join(ID_RULES)} (keep the queries whose integer id is "
+                            f"even / odd), got {ids!r}")
     name = entry.get("name", source)
     if not isinstance(name, str) or not name.strip():
         raise DataError(f"{key}.name: must be a non-empty string, got {name!r}")
@@ -116,7 +136,26 @@ def parse_source(key: str, entry: Any) -> SourceSpec:
         source = str(local)
     elif looks_like_local_path(source):
         raise DataError(f"{key}.source: file not found: {Path(source).expanduser().resolve()}")
-    return SourceSpec(key, name, typ, source, split, float(proportion), max_examples, n_negatives)
+    if typ == "text" and local is not None:
+        check_text_source(key, local, field, ids)
+    return SourceSpec(key, name, typ, source, split, float(proportion), max_examples, n_negatives, field, ids)
+
+
+def check_text_source(key: str, path: Path, field: str | tuple[str, ...] | None, ids: str | None) -> None:
+    """What ``field`` / ``ids`` a local text source takes, by its form (see ``load_text_source``)."""
+    if path.is_dir() and (path / "corpus.jsonl").is_file():
+        if field is not None and field not in ("corpus", "queries"):
+            raise DataError(f"{key}.field: a BEIR directory's texts are 'corpus' (title + text of every document, "
+                            f"the default) or 'queries' (the queries of the split), got {field!r}")
+        if ids is not None and field != "queries":
+            raise DataError(f"{key}.ids: selects queries by id; set field: queries (documents are not split by id)")
+    elif path.is_file() and path.suffix.lower() == ".jsonl":
+        return
+    elif field is not None:
+        raise DataError(f"{key}.field: only for a .jsonl file, a BEIR directory or a Hugging Face dataset; "
+                        f"{path.name} holds plain texts")
+    elif ids is not None:
+        raise DataError(f"{key}.ids: only for a .jsonl file with an _id field or a BEIR directory's queries")
 
 
 def dataset_shortcut(name: str) -> list[dict]:

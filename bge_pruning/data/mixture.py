@@ -28,11 +28,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from .collate import PairCollator, TripletCollator
+from .collate import PairCollator, TextCollator, TripletCollator
 from .config import parse_data_config
 from .errors import DataError
 from .retrieval import load_triplets
 from .sts import load_sts
+from .text import load_text_source
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,11 @@ def build_sources(data_cfg: Any, tokenizer: Any) -> list[MixtureSource]:
         if s.type == "sts":
             examples: list = load_sts(s.source, s.split, s.max_examples)
             collate: Callable = PairCollator(tokenizer, max_length)
+        elif s.type == "text":
+            examples = load_text_source(s.source, s.field, s.split, s.ids, s.max_examples)
+            collate = TextCollator(tokenizer, max_length)
         else:
-            examples = load_triplets(s.source, s.split, s.n_negatives, s.max_examples)
+            examples = load_triplets(s.source, s.split, s.n_negatives, s.max_examples, s.ids)
             collate = TripletCollator(tokenizer, max_length, s.n_negatives)
         sources.append(MixtureSource(s.name, examples, collate, s.proportion))
     return sources
@@ -162,9 +166,11 @@ def build_train_dataloader(data_cfg: Any, tokenizer: Any, batch_size: int, seed:
 
 
 def num_samples_in_batch(batch: dict[str, Any]) -> int:
-    """Examples in a collated batch (pairs or queries): for Composer's ``DataSpec(get_num_samples_in_batch=...)``."""
+    """Examples in a collated batch (pairs, queries or texts): for Composer's ``DataSpec(get_num_samples_in_batch=...)``."""
     if batch.get("task") == "sts":
         return int(batch["scores"].shape[0])
     if batch.get("task") == "retrieval":
         return int(batch["query"]["input_ids"].shape[0])
+    if batch.get("task") == "text":
+        return int(batch["texts"]["input_ids"].shape[0])
     raise ValueError(f"not a collated batch (task {batch.get('task')!r})")

@@ -13,6 +13,7 @@ Sources:
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -38,14 +39,44 @@ class Triplet:
     negatives: tuple[str, ...] = ()
 
 
+ID_RULES = ("even", "odd")
+
+
+def query_half(ids: str | None, records: Iterable[tuple[str, Any, str]]) -> set[str] | None:
+    """The query ids that the fixed holdout rule ``ids`` keeps, from ``(place, id, text)`` of EVERY query.
+
+    ``"even"`` / ``"odd"`` keep the queries whose integer id has that parity, except that queries with the same
+    text (whitespace and case aside) all follow the smallest id among them, so no text is on both sides (SciFact's
+    train claims 85/86 and 89/90 are such pairs: both go with the odd half). The halves are disjoint and together
+    hold every query. None (no rule) returns None. A non-integer id is a DataError at its place.
+    """
+    if ids is None:
+        return None
+    if ids not in ID_RULES:
+        raise DataError(f"ids must be one of {', '.join(ID_RULES)} or None, got {ids!r}")
+    smallest: dict[str, int] = {}
+    seen: list[tuple[str, str]] = []
+    for place, qid, text in records:
+        token = str(qid).strip() if isinstance(qid, (str, int)) and not isinstance(qid, bool) else ""
+        if not re.fullmatch(r"-?[0-9]+", token):
+            raise DataError(f"{place}: ids: {ids} splits queries by the parity of integer ids, but this id is {qid!r}")
+        key = " ".join(str(text).split()).casefold()
+        smallest[key] = min(smallest.get(key, int(token)), int(token))
+        seen.append((str(qid), key))
+    want = 0 if ids == "even" else 1
+    return {qid for qid, key in seen if smallest[key] % 2 == want}
+
+
 # ----------------------------------------------------------------------------------------------- triplets
 
 def load_triplets(source: str, split: str = "train", n_negatives: int = 0,
-                  max_examples: int | None = None) -> list[Triplet]:
+                  max_examples: int | None = None, ids: str | None = None) -> list[Triplet]:
     """Training triplets (query, positive, first ``n_negatives`` hard negatives), in source order.
 
     Bad rows raise DataError naming ``file:line`` or ``id[split][index]``; an empty result raises too.
-    BEIR-format sources have no hard negatives, so ``n_negatives`` must be 0 for them.
+    BEIR-format sources have no hard negatives, so ``n_negatives`` must be 0 for them. ``ids`` (``"even"`` /
+    ``"odd"``, BEIR-format sources only) keeps the queries whose integer id has that parity: a fixed split of a
+    qrels file into a part to train on and a part to score (:func:`query_half`).
     """
     check_max_examples(max_examples)
     if isinstance(n_negatives, bool) or not isinstance(n_negatives, int) or n_negatives < 0:
@@ -56,7 +87,10 @@ def load_triplets(source: str, split: str = "train", n_negatives: int = 0,
         label = str(path)
         if path.is_dir():
             check_no_negatives(label, n_negatives)
-            triplets = beir_triplets(local_beir(path, split), max_examples)
+            triplets = beir_triplets(local_beir(path, split), max_examples, ids)
+        elif ids is not None:
+            raise DataError(f"{path}: ids: {ids} selects BEIR queries by id; a {path.suffix} file of triplets has no "
+                            "query ids")
         elif path.suffix.lower() == ".jsonl":
             triplets = take(iter_jsonl_triplets(path, n_negatives), max_examples)
         else:
@@ -65,12 +99,14 @@ def load_triplets(source: str, split: str = "train", n_negatives: int = 0,
     elif looks_like_local_path(source):
         raise DataError(f"{source}: file not found: {Path(source).expanduser().resolve()}")
     elif source in MSMARCO_IDS:
+        if ids is not None:
+            raise DataError(f"{source}: ids: {ids} selects BEIR queries by id; ms_marco triplets have no query ids")
         label = f"{MSMARCO_HUB_ID}[{split}]"
         triplets = msmarco_triplets(split, n_negatives, max_examples)
     else:
         label = f"{source}[{split}]"
         check_no_negatives(source, n_negatives)
-        triplets = beir_triplets(hub_beir(source, split), max_examples)
+        triplets = beir_triplets(hub_beir(source, split), max_examples, ids)
     if not triplets:
         why = " (max_examples=0)" if max_examples == 0 else ""
         raise DataError(f"no examples in {label}{why}")
@@ -181,12 +217,15 @@ class BeirSource:
     queries_name: str = "queries"
 
 
-def load_beir(source: str, split: str = "test") -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
+def load_beir(source: str, split: str = "test",
+              ids: str | None = None) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
     """``(corpus, queries, qrels)`` of a BEIR-format dataset (local directory or hub id such as ``mteb/scifact``).
 
     corpus: doc id -> ``title + " " + text`` (just the text when there is no title); queries: query id -> text,
     only the queries that have qrels in ``split`` (as BEIR's own loader); qrels: query id -> {doc id: relevance}.
     A qrel naming an unknown query or document, or a repeated (query, doc) pair, raises DataError at its row.
+    ``ids`` (``"even"`` / ``"odd"``) keeps only the qrels (and so the queries) whose integer query id has that
+    parity (:func:`query_half`: duplicated texts follow the smallest id): score on one half, train on the other.
     """
     source = str(source)
     path = resolve_local(source)
@@ -201,14 +240,15 @@ def load_beir(source: str, split: str = "test") -> tuple[dict[str, str], dict[st
         beir = hub_beir(source, split)
     qrels: dict[str, dict[str, int]] = {}
     places: dict[tuple[str, str], str] = {}
-    rows = list(beir.qrels())
+    half = query_half(ids, query_records(beir))
+    rows = [r for r in beir.qrels() if half is None or r[1] in half]
     for place, qid, did, score in rows:
         if did in qrels.get(qid, {}):
             raise DataError(f"{place}: repeated qrel ({qid!r}, {did!r}); first at {places[qid, did]}")
         qrels.setdefault(qid, {})[did] = score
         places[qid, did] = place
     if not qrels:
-        raise DataError(f"no examples in {beir.label}: no qrels")
+        raise DataError(f"no examples in {beir.label}: no qrels" + (f" with {ids} query ids" if ids else ""))
     corpus = read_corpus(beir)
     all_queries = read_queries(beir)
     for place, qid, did, _ in rows:
@@ -217,9 +257,12 @@ def load_beir(source: str, split: str = "test") -> tuple[dict[str, str], dict[st
     return corpus, queries, qrels
 
 
-def beir_triplets(beir: BeirSource, max_examples: int | None) -> list[Triplet]:
-    """One Triplet per qrel with score > 0, in qrels order; only the needed documents are kept."""
-    relevant = [(place, qid, did) for place, qid, did, score in beir.qrels() if score > 0]
+def beir_triplets(beir: BeirSource, max_examples: int | None, ids: str | None = None) -> list[Triplet]:
+    """One Triplet per qrel with score > 0 (and a query id kept by ``ids``), in qrels order; only the needed
+    documents are kept."""
+    half = query_half(ids, query_records(beir))
+    relevant = [(place, qid, did) for place, qid, did, score in beir.qrels()
+                if score > 0 and (half is None or qid in half)]
     if max_examples is not None:
         relevant = relevant[:max_examples]
     if not relevant:
@@ -282,6 +325,12 @@ def read_corpus(beir: BeirSource, keep: set[str] | None = None) -> dict[str, str
     return corpus
 
 
+def query_records(beir: BeirSource) -> Iterator[tuple[str, str, str]]:
+    """``(place, id, text)`` of every query (unchecked beyond the id; :func:`read_queries` checks the rest)."""
+    for place, obj in beir.queries():
+        yield place, as_id(place, "_id", obj.get("_id")), obj.get("text") if isinstance(obj.get("text"), str) else ""
+
+
 def read_queries(beir: BeirSource) -> dict[str, str]:
     queries: dict[str, str] = {}
     first_seen: dict[str, str] = {}
@@ -296,6 +345,14 @@ def read_queries(beir: BeirSource) -> dict[str, str]:
     return queries
 
 
+def jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """``(file:line, object)`` for every non-blank line of a jsonl file."""
+    for i, line in enumerate(read_lines(path)):
+        if line.strip():
+            place = file_place(path, i + 1)
+            yield place, parse_json_object(place, line)
+
+
 def local_beir(directory: Path, split: str) -> BeirSource:
     corpus, queries, qrels = directory / "corpus.jsonl", directory / "queries.jsonl", directory / "qrels" / f"{split}.tsv"
     for f in (corpus, queries):
@@ -304,12 +361,6 @@ def local_beir(directory: Path, split: str) -> BeirSource:
     if not qrels.is_file():
         have = sorted(p.stem for p in (directory / "qrels").glob("*.tsv")) if (directory / "qrels").is_dir() else []
         raise DataError(f"{directory}: no qrels for split {split!r} (missing qrels/{split}.tsv); splits here: {have}")
-
-    def jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
-        for i, line in enumerate(read_lines(path)):
-            if line.strip():
-                place = file_place(path, i + 1)
-                yield place, parse_json_object(place, line)
 
     def qrel_rows() -> Iterator[tuple[str, str, str, int]]:
         lines = read_lines(qrels)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from composer.models import ComposerModel
 from torchmetrics import Metric, SpearmanCorrCoef
 
-from ..training.losses import (cosent_loss, embedding_distillation_loss, hidden_distillation_loss, info_nce_loss,
+from ..training.losses import (cosent_loss, default_teacher_layers, embedding_distillation_loss,
+                               hidden_distillation_loss, info_nce_loss, layer_distillation_loss, off_diagonal,
                                self_distillation_loss, similarity_distillation_loss)
 from .heads import (COLBERT_FILE, SPARSE_FILE, ColbertHead, SparseHead, colbert_scores, dense_embedding,
                     lexical_matrix, special_token_ids)
@@ -39,7 +40,10 @@ class InBatchMRR(Metric):
         return self.rr_sum / self.count.clamp(min=1)
 
 
-TEACHER_LOSSES = ("distill_embedding", "distill_similarity", "distill_hidden")  # the loss.* weights that need a teacher
+# the loss.* weights that need a teacher
+TEACHER_LOSSES = ("distill_embedding", "distill_similarity", "distill_hidden", "distill_layers")
+# loss.* keys that are not weights (passed to ComposerBGEM3 separately)
+NON_WEIGHT_LOSS_KEYS = ("distill_layers_teacher",)
 
 
 def needs_teacher(loss_cfg: Mapping[str, Any]) -> bool:
@@ -65,7 +69,12 @@ class ComposerBGEM3(ComposerModel):
                  sparse_head: SparseHead | None = None, colbert_head: ColbertHead | None = None,
                  l0_module: L0Module | None = None, teacher: MaskedBGEM3Backbone | None = None,
                  loss_cfg: Mapping[str, Any] | None = None, base_model: str = "",
-                 prior_pruning: Mapping[str, Any] | None = None) -> None:
+                 prior_pruning: Mapping[str, Any] | None = None, teacher_layers: Sequence[int] | None = None,
+                 layer_map: bool | None = None) -> None:
+        """``teacher_layers``: the teacher layers ``loss.distill_layers`` distils (0-based layer outputs; default
+        :func:`default_teacher_layers`). ``layer_map``: whether the model has the learned student-to-teacher map
+        of layer distillation (default: when ``loss.distill_layers > 0``; a checkpoint rebuilt without its teacher
+        keeps it so that its weights load)."""
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
@@ -84,7 +93,23 @@ class ComposerBGEM3(ComposerModel):
         self.vocab_size = backbone.config.vocab_size
         self.last_metrics: dict[str, float] = {}  # L0 metrics of the last training step, for PruningCallback
         self.trained_steps = 0
+        self.last_layer_alignment: list[list[int]] = []  # per view of the last step: student layer per teacher layer
+        if layer_map is None:
+            layer_map = float(self.loss_cfg.get("distill_layers", 0) or 0) > 0
+        # CoFi's ``layer_transformation``: one D x D map from student to teacher states, shared by every layer,
+        # trained with the model weights (it is a submodule, so it lands in the "model" optimizer group) and never
+        # exported (the export reads the backbone). Identity at the start: step 0's loss is the plain MSE.
+        self.layer_transformation: torch.nn.Linear | None = None
+        if layer_map:
+            d = backbone.config.hidden_size
+            self.layer_transformation = torch.nn.Linear(d, d)
+            with torch.no_grad():
+                self.layer_transformation.weight.copy_(torch.eye(d))
+                self.layer_transformation.bias.zero_()
+        self.teacher_layers: list[int] | None = None
         self._check_loss_cfg()
+        if self._distill_layers_on():
+            self.teacher_layers = self._resolve_teacher_layers(teacher_layers)
 
     def _check_loss_cfg(self) -> None:
         c = self.loss_cfg
@@ -94,6 +119,30 @@ class ComposerBGEM3(ComposerModel):
             raise ConfigError("loss.colbert > 0 needs model.heads.colbert: true")
         if needs_teacher(c) and self._teacher is None:
             raise ConfigError("loss.distill_* > 0 needs a teacher model")
+        if self._distill_layers_on() and self.layer_transformation is None:
+            raise ConfigError("loss.distill_layers > 0 needs the layer map (layer_map=True)")
+
+    def _distill_layers_on(self) -> bool:
+        return float(self.loss_cfg.get("distill_layers", 0) or 0) > 0
+
+    def _resolve_teacher_layers(self, layers: Sequence[int] | None) -> list[int]:
+        """``loss.distill_layers_teacher`` checked against the teacher's depth (default: CoFi's spacing)."""
+        assert self._teacher is not None
+        depth = len(self._teacher.module.encoder.layer)
+        if layers is None:
+            return default_teacher_layers(depth)
+        key = "loss.distill_layers_teacher"
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not layers:
+            raise ConfigError(f"{key}: must be a non-empty list of teacher layer indices (0-based), got {layers!r}")
+        out = []
+        for v in layers:
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < depth:
+                raise ConfigError(f"{key}: {v!r} is not a layer of the teacher (integers 0..{depth - 1}: "
+                                  f"0-based layer outputs)")
+            out.append(int(v))
+        if any(b <= a for a, b in zip(out, out[1:])):
+            raise ConfigError(f"{key}: must be strictly increasing, got {out}")
+        return out
 
     # ------------------------------------------------------------------ encoding
     def current_masks(self) -> dict[str, torch.Tensor]:
@@ -102,9 +151,20 @@ class ComposerBGEM3(ComposerModel):
 
     def encode(self, tokens: Mapping[str, torch.Tensor], zs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ids, mask = tokens["input_ids"], tokens["attention_mask"]
-        hidden = self.backbone(ids, mask, **zs)
+        layers = None
+        if self._distill_layers_on():
+            hidden, states = self.backbone(ids, mask, output_hidden_states=True, **zs)
+            # The map is applied here, inside the forward pass, so DDP and FSDP see its use (not only in loss()).
+            layers = [self.layer_transformation(h) for h in states[1:]]
+        else:
+            hidden = self.backbone(ids, mask, **zs)
         out = {"dense": dense_embedding(hidden, mask, self.pooling, self.normalize), "mask": mask, "ids": ids,
                "hidden": hidden}
+        if layers is not None:
+            out["layers"] = layers
+            layer_z = zs.get("layer_z")
+            if torch.is_tensor(layer_z) and layer_z.dim() == 1 and layer_z.numel() == len(layers):
+                out["layers_alive"] = layer_z.detach() != 0  # a removed layer is no candidate (CoFi)
         if self.sparse_head is not None:
             out["sparse"] = lexical_matrix(self.sparse_head(hidden), ids, self.vocab_size, self.unused_token_ids)
         if self.colbert_head is not None:
@@ -113,11 +173,18 @@ class ComposerBGEM3(ComposerModel):
 
     @torch.no_grad()
     def teacher_encode(self, tokens: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The frozen teacher's last-layer token states and dense embedding."""
+        """The frozen teacher's last-layer token states and dense embedding (and every layer's output, embeddings
+        excluded, as ``layers`` when ``loss.distill_layers`` is on)."""
         assert self._teacher is not None
         teacher = self._teacher.to(tokens["input_ids"].device)
-        hidden = teacher(tokens["input_ids"], tokens["attention_mask"])
-        return {"hidden": hidden, "dense": dense_embedding(hidden, tokens["attention_mask"], self.pooling, self.normalize)}
+        out: dict[str, Any] = {}
+        if self._distill_layers_on():
+            hidden, states = teacher(tokens["input_ids"], tokens["attention_mask"], output_hidden_states=True)
+            out["layers"] = states[1:]
+        else:
+            hidden = teacher(tokens["input_ids"], tokens["attention_mask"])
+        out.update(hidden=hidden, dense=dense_embedding(hidden, tokens["attention_mask"], self.pooling, self.normalize))
+        return out
 
     # ------------------------------------------------------------------ Composer interface
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -127,6 +194,8 @@ class ComposerBGEM3(ComposerModel):
         if batch["task"] == "retrieval":
             return {"task": "retrieval", "query": self.encode(batch["query"], zs),
                     "passages": self.encode(batch["passages"], zs)}
+        if batch["task"] == "text":
+            return {"task": "text", "texts": self.encode(batch["texts"], zs)}
         raise ValueError(f"unknown batch task {batch['task']!r}")
 
     def _retrieval_scores(self, q: Mapping[str, torch.Tensor], p: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -149,6 +218,13 @@ class ComposerBGEM3(ComposerModel):
             student_sim = a["dense"] @ b["dense"].T
             teacher_views = (batch["a"], batch["b"])
             student_views = (a, b)
+        elif outputs["task"] == "text":
+            # Plain text: no labels, only what the teacher says. The in-batch similarity of a text with itself is
+            # 1 for both models and would dominate each row's softmax: only the other texts of the batch count.
+            t = outputs["texts"]
+            student_sim = off_diagonal(t["dense"] @ t["dense"].T) if t["dense"].shape[0] > 1 else None
+            teacher_views = (batch["texts"],)
+            student_views = (t,)
         else:
             q, p = outputs["query"], outputs["passages"]
             n = int(batch["n_passages_per_query"])
@@ -169,17 +245,27 @@ class ComposerBGEM3(ComposerModel):
             teacher_views = (batch["query"], batch["passages"])
             student_views = (q, p)
         if self._teacher is not None and needs_teacher(c):
-            t_first, t_second = (self.teacher_encode(v) for v in teacher_views)
-            pairs = ((student_views[0], t_first), (student_views[1], t_second))
+            t_views = [self.teacher_encode(v) for v in teacher_views]
+            pairs = list(zip(student_views, t_views))
+            per_view = 1.0 / len(pairs)  # the mean over the views (0.5 for pairs and triplets)
             if c.get("distill_embedding", 0) > 0:
-                parts["distill_embedding"] = c["distill_embedding"] * 0.5 * sum(
+                parts["distill_embedding"] = c["distill_embedding"] * per_view * sum(
                     embedding_distillation_loss(s["dense"], t["dense"]) for s, t in pairs)
-            if c.get("distill_similarity", 0) > 0:
+            if c.get("distill_similarity", 0) > 0 and student_sim is not None:
+                if len(t_views) == 1:
+                    teacher_sim = off_diagonal(t_views[0]["dense"] @ t_views[0]["dense"].T)
+                else:
+                    teacher_sim = t_views[0]["dense"] @ t_views[1]["dense"].T
                 parts["distill_similarity"] = c["distill_similarity"] * similarity_distillation_loss(
-                    student_sim, t_first["dense"] @ t_second["dense"].T, tau_d)
+                    student_sim, teacher_sim, tau_d)
             if c.get("distill_hidden", 0) > 0:
-                parts["distill_hidden"] = c["distill_hidden"] * 0.5 * sum(
+                parts["distill_hidden"] = c["distill_hidden"] * per_view * sum(
                     hidden_distillation_loss(s["hidden"], t["hidden"], s["mask"]) for s, t in pairs)
+            if c.get("distill_layers", 0) > 0:
+                results = [layer_distillation_loss(s["layers"], t["layers"], s["mask"], self.teacher_layers,
+                                                   s.get("layers_alive")) for s, t in pairs]
+                self.last_layer_alignment = [alignment for _, alignment in results]
+                parts["distill_layers"] = c["distill_layers"] * per_view * sum(loss for loss, _ in results)
         if self.l0_module is not None and self.training:
             lag, metrics = self.l0_module.lagrangian_regularization()
             parts["lagrangian"] = lag
@@ -193,6 +279,8 @@ class ComposerBGEM3(ComposerModel):
         outputs = outputs if outputs is not None else self.forward(batch)
         if outputs["task"] == "sts":
             return {"task": "sts", "cos": (outputs["a"]["dense"] * outputs["b"]["dense"]).sum(-1)}
+        if outputs["task"] == "text":
+            return {"task": "text"}  # no labels: nothing to score
         return {"task": "retrieval", "scores": outputs["query"]["dense"] @ outputs["passages"]["dense"].T,
                 "n": int(batch["n_passages_per_query"])}
 
@@ -235,6 +323,8 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
     architecture from its saved config); ``with_teacher=False`` skips the distillation teacher.
     """
     mcfg, lcfg = cfg.model, cfg.loss
+    if with_teacher:
+        _check_text_sources(cfg, lcfg)  # before anything loads
     fresh = hf_model is None  # a checkpoint's saved config is already trimmed: model.vocab applies once
     if fresh:  # load_hf_model checks the tokenizer against the model
         hf_model, tokenizer = load_hf_model(mcfg.name_or_path, trust_remote_code=bool(mcfg.get("trust_remote_code")))
@@ -271,7 +361,13 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
                                                      "model.l0_module.lagrangian_warmup_steps"),
                       eval_target_model=bool(l0cfg.eval_target_model))
 
-    loss_cfg = {k: float(v) for k, v in lcfg.items()}
+    loss_cfg = {k: float(v) for k, v in lcfg.items() if k not in NON_WEIGHT_LOSS_KEYS}
+    layer_map = float(lcfg.get("distill_layers") or 0) > 0  # also without the teacher: a checkpoint holds the map
+    teacher_layers = lcfg.get("distill_layers_teacher")
+    if teacher_layers is not None:
+        from omegaconf import OmegaConf
+
+        teacher_layers = OmegaConf.to_container(teacher_layers) if OmegaConf.is_config(teacher_layers) else teacher_layers
     teacher = None
     if needs_teacher(lcfg):
         if with_teacher:
@@ -289,10 +385,27 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
     model = ComposerBGEM3(backbone, tokenizer, pooling=mcfg.pooling, normalize=bool(mcfg.normalize),
                           sparse_head=heads["sparse"], colbert_head=heads["colbert"], l0_module=l0, teacher=teacher,
                           loss_cfg=loss_cfg, base_model=_base_model_of(mcfg.name_or_path),
-                          prior_pruning=_pruning_info(mcfg.name_or_path))
+                          prior_pruning=_pruning_info(mcfg.name_or_path), teacher_layers=teacher_layers,
+                          layer_map=layer_map)
     model.vocab_record = vocab_record
     model.max_seq_length = st_max_seq_length(mcfg.name_or_path)  # kept by the export (256 for MiniLM)
     return model
+
+
+def _check_text_sources(cfg: Any, lcfg: Any) -> None:
+    """A ``type: text`` source has no labels: it trains only through the teacher, so some distill weight is on."""
+    from omegaconf import ListConfig
+
+    if needs_teacher(lcfg):
+        return
+    data = cfg.get("data")
+    train = data.get("train") if hasattr(data, "get") else None
+    if not isinstance(train, (list, ListConfig)):
+        return
+    for i, entry in enumerate(train):
+        if hasattr(entry, "get") and entry.get("type") == "text":
+            raise ConfigError(f"data.train[{i}]: a text source trains only through teacher distillation; set one of "
+                              f"{', '.join('loss.' + k for k in TEACHER_LOSSES)} > 0")
 
 
 def _trim_teacher_vocab(teacher: MaskedBGEM3Backbone, prior: Mapping[str, Any] | None,

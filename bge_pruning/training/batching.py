@@ -11,7 +11,7 @@ def _rows(tokens: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
 
 
 def split_batch(batch: dict[str, Any], microbatch_size: int | float) -> list[dict[str, Any]]:
-    """Split a batch into microbatches of ``microbatch_size`` examples (pairs, or queries with their passages).
+    """Split a batch into microbatches of ``microbatch_size`` examples (pairs, texts, or queries with their passages).
 
     In-batch negatives are then drawn from the microbatch: a smaller microbatch sees fewer negatives.
     """
@@ -23,6 +23,8 @@ def split_batch(batch: dict[str, Any], microbatch_size: int | float) -> list[dic
         if batch["task"] == "sts":
             mb = {"task": "sts", "a": _rows(batch["a"], start, stop), "b": _rows(batch["b"], start, stop),
                   "scores": batch["scores"][start:stop]}
+        elif batch["task"] == "text":
+            mb = {"task": "text", "texts": _rows(batch["texts"], start, stop)}
         else:
             k = int(batch["n_passages_per_query"])
             mb = {"task": "retrieval", "query": _rows(batch["query"], start, stop),

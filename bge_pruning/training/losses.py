@@ -57,3 +57,109 @@ def self_distillation_loss(head_scores: list[torch.Tensor], weights: list[float]
     soft = F.softmax(ensemble.detach() / temperature, dim=-1)
     losses = [-(soft * F.log_softmax(s / temperature, dim=-1)).sum(-1).mean() for s in head_scores]
     return sum(losses) / len(losses)
+
+
+def off_diagonal(m: torch.Tensor) -> torch.Tensor:
+    """The [n, n - 1] matrix of ``m``'s off-diagonal entries, row by row (row i without column i)."""
+    n = m.shape[0]
+    return m.flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(n, n - 1)
+
+
+def default_teacher_layers(n_layers: int, count: int = 4) -> list[int]:
+    """``count`` evenly spaced teacher layers ending at the last (0-based layer outputs).
+
+    CoFi distils BERT-base's 12 layers at [2, 5, 8, 11]: every third, the last included. The same spacing at any
+    depth is ``ceil((k + 1) * L / n) - 1`` for k < n = min(count, L): 12 -> [2, 5, 8, 11], 6 (MiniLM) ->
+    [1, 2, 4, 5], 24 (BGE-M3) -> [5, 11, 17, 23], 3 -> [0, 1, 2].
+    """
+    if n_layers < 1:
+        raise ValueError(f"default_teacher_layers: n_layers must be >= 1, got {n_layers}")
+    n = min(count, n_layers)
+    return [-(-(k + 1) * n_layers // n) - 1 for k in range(n)]
+
+
+def masked_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the real tokens (``mask`` [B, T]) and every dimension of [B, T, D] states."""
+    return hidden_distillation_loss(student, teacher, mask)
+
+
+def layer_alignment(costs: torch.Tensor, alive: torch.Tensor | None = None) -> list[int]:
+    """CoFi's order-kept matching of chosen teacher layers (rows of ``costs``) to student layers (columns).
+
+    The deepest teacher layer takes the student layer with the smallest cost among all (alive) student layers;
+    then each shallower teacher layer, going up, takes the cheapest (alive) student layer strictly below the
+    previous match, or that same layer when none is left. Matches therefore never cross: the alignment is
+    non-decreasing in depth, and strictly increasing while student layers remain. ``alive`` [n_student] (bool)
+    excludes student layers that a mask has removed; when none is alive every layer is a candidate.
+    """
+    n_teacher, n_student = costs.shape
+    ok = torch.ones(n_student, dtype=torch.bool) if alive is None else alive.detach().to("cpu", torch.bool)
+    if not ok.any():
+        ok = torch.ones(n_student, dtype=torch.bool)
+    c = costs.detach().to("cpu", torch.float64)
+    below = n_student  # only student layers < below are candidates
+    out: list[int] = []
+    for j in range(n_teacher - 1, -1, -1):
+        cand = [i for i in range(below) if ok[i]]
+        if cand:
+            best = min(cand, key=lambda i: (c[j, i].item(), i))
+        else:
+            best = out[-1]  # nothing left below: share the previous (deeper) match, as CoFi does
+        out.append(best)
+        below = best
+    return out[::-1]
+
+
+def layer_distillation_loss(student_layers: list[torch.Tensor], teacher_layers: list[torch.Tensor],
+                            mask: torch.Tensor, teacher_indices: list[int],
+                            student_alive: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
+    """CoFi's layer-wise distillation: each chosen teacher layer pulls the student layer it matches best.
+
+    For every chosen teacher layer t in ``teacher_indices`` and every student layer s, the cost is the mean
+    squared error between the (mapped) student states and the teacher states over real tokens. The matching is
+    :func:`layer_alignment` (CoFi's ``layer_distill_version`` 4: searched from the deepest chosen teacher layer
+    up, each next one among the student layers strictly below the previous match, so the order of layers is
+    kept); the loss is the SUM of the matched costs (as CoFi). The matching is recomputed every step and is not
+    differentiated: gradients flow through the matched costs only (recomputed with a graph after the search).
+
+    Args:
+        student_layers: the student's per-layer outputs (embeddings excluded), each [B, T, D], already passed
+            through the learned linear map (``ComposerBGEM3`` applies its ``layer_transformation``, a D x D
+            linear layer initialised to the identity, in its forward pass). Under L0 masks these are the masked
+            backbone's layer outputs (a removed layer passes its input through).
+        teacher_layers: the frozen teacher's per-layer outputs (embeddings excluded), each [B, T, D].
+        mask: attention mask [B, T]; padding positions do not count.
+        teacher_indices: 0-based indices into ``teacher_layers`` (layer outputs), increasing.
+        student_alive: optional bool [n_student]: student layers whose mask is exactly 0 are not candidates.
+
+    Returns:
+        ``(loss, alignment)``: the scalar loss and, per chosen teacher layer, the 0-based student layer matched.
+
+    Inputs:
+        +---------------------------------------------+--------------------------------------------+
+        | Texts                                       | Labels                                     |
+        +=============================================+============================================+
+        | any batch of texts (plain text, either side | none: the frozen teacher's layer outputs   |
+        | of a pair, queries, passages)               | on the same tokens                         |
+        +---------------------------------------------+--------------------------------------------+
+
+    References:
+        Xia, Zhong and Chen, "Structured Pruning Learns Compact and Accurate Models" (CoFi), ACL 2022, section
+        3.2 (layerwise distillation); princeton-nlp/CoFiPruning ``trainer/trainer.py``,
+        ``calculate_layer_distillation_loss``.
+
+    Example:
+        Teacher layers [2, 5, 8, 11] of 12 against a 4-layer student: the layer-11 output takes the closest of
+        the 4 student layers, say 3; layer 8 the closest of 0-2, say 2; and so on. With the identity map at
+        step 0 the loss is the plain MSE of the matched states.
+    """
+    if not teacher_indices:
+        raise ValueError("layer_distillation_loss: no teacher layers chosen")
+    # The search needs every cost but no gradient: computed without a graph, so memory holds only the matched
+    # pairs' activations (for BGE-M3, 4 instead of 4 x 24 token-state differences).
+    with torch.no_grad():
+        costs = torch.stack([torch.stack([masked_mse(s, teacher_layers[t], mask) for s in student_layers])
+                             for t in teacher_indices])  # [n_teacher_chosen, n_student]
+    alignment = layer_alignment(costs, student_alive)
+    loss = sum(masked_mse(student_layers[a], teacher_layers[t], mask) for t, a in zip(teacher_indices, alignment))
+    return loss, alignment
