@@ -429,7 +429,7 @@ def test_scifact_holdout_halves_are_disjoint_and_cover_all_809_claims():
 @needs_scifact
 def test_general_prune_config_validates_and_reads_its_data(monkeypatch):
     monkeypatch.chdir(ROOT)  # the config's paths are relative to the project root
-    for name in ("general_prune.yaml", "general_finetune.yaml"):
+    for name in ("prune.yaml", "finetune.yaml"):
         cfg = load_config(ROOT / "configs" / "quality" / name)
         _, specs = parse_data_config(cfg.data)
         by_name = {s.name: s for s in specs}
@@ -437,7 +437,7 @@ def test_general_prune_config_validates_and_reads_its_data(monkeypatch):
         assert by_name["scifact_claims"].ids == "odd"
         assert cfg.loss.distill_layers > 0 and cfg.loss.distill_embedding > 0 and cfg.loss.distill_similarity > 0
         assert cfg.train.grad_clip_norm == 1.0
-    prune = load_config(ROOT / "configs" / "quality" / "general_prune.yaml")
+    prune = load_config(ROOT / "configs" / "quality" / "prune.yaml")
     steps = int(str(prune.train.max_duration).removesuffix("ba"))
     warmup = int(str(prune.model.l0_module.lagrangian_warmup_steps).removesuffix("ba"))
     assert warmup == round(0.2 * steps)  # 80% of the steps at the full target, as LLM-Shearing

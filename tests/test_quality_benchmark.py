@@ -200,15 +200,20 @@ def test_candidate_shapes_is_what_target_shapes_prints():
 
 # ---------------------------------------------------------------------- the SciFact split
 def test_scored_claims_are_never_the_trained_half():
-    assert bq.scored_claim("0") and bq.scored_claim("1208") and not bq.scored_claim("13")
+    from bge_pruning.data.retrieval import load_triplets
+
     scifact = ROOT.parent / "shared" / "data" / "scifact"
     if not (scifact / "qrels" / "train.tsv").is_file():
         pytest.skip(f"SciFact not found at {scifact} (shared/ is absent on this machine)")
     corpus, queries, qrels = bq.scifact_scored(scifact)
-    assert len(corpus) == 5183 and set(queries) == set(qrels)
-    all_ids = {json.loads(line)["_id"] for line in (scifact / "queries.jsonl").read_text().splitlines()}
-    assert len(all_ids) == 809
-    assert all(int(q) % 2 == 0 for q in queries) and len(queries) == 415  # every even-id claim has qrels
+    assert len(corpus) == 5183 and set(queries) == set(qrels) and len(queries) == 413
+    assert all(int(q) % 2 == 0 for q in queries)
+    # What the templates train on (ids: odd) never shares a claim text with what is scored.
+    prune = load_config(ROOT / "configs" / "quality" / "prune.yaml")
+    (claims,) = [s for s in prune.data.train if s.type == "retrieval"]
+    assert claims.ids == "odd" and (ROOT / claims.source).resolve() == scifact.resolve()
+    trained = {t.query for t in load_triplets(str(scifact), "train", ids="odd")}
+    assert trained and trained.isdisjoint(queries.values())
 
 
 # ---------------------------------------------------------------------- stage configs

@@ -18,8 +18,8 @@ Every export and the base are scored on two tasks, one the runs train on and one
 
 * STS-B dev (1,500 pairs): dense cosine Spearman x100. The runs train on STS-B *train*.
 * SciFact retrieval: nDCG@10 x100 (and MRR@10, Recall@100) of the **scored half** of the 809 train claims over
-  the full 5,183-abstract corpus, dense exact search. Claims are split by a fixed rule (``SCORED_IDS``: even query
-  ids are scored, odd ones may train) and the templates only train on the other half.
+  the full 5,183-abstract corpus, dense exact search. Claims are split by a fixed rule (even query ids are scored,
+  odd ones may train; ``ids: even|odd`` of ``bge_pruning.data``) and the templates only train on ``ids: odd``.
 
 Targets (``check_targets``), for each L0 method at ``--check-target`` (50): at least 98% of the **base** model's
 STS-B dev Spearman and 95% of its SciFact nDCG@10 (a pruned model must not be worse than what the user started
@@ -78,21 +78,15 @@ class BenchmarkError(UserError):
 
 
 # ====================================================================== the scored / trained SciFact halves
-def scored_claim(query_id: str) -> bool:
-    """The fixed split of SciFact's train claims: even ids are scored, odd ids may be trained on."""
-    return int(str(query_id)) % 2 == 0
-
-
-SCORED_IDS = "even"
+SCORED_IDS = "even"  # the templates train on ``ids: odd`` (bge_pruning.data.retrieval.query_half)
 
 
 def scifact_scored(scifact_dir: Path) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
-    """``(corpus, queries, qrels)`` of the scored half of SciFact's train claims (full corpus)."""
+    """``(corpus, queries, qrels)`` of the scored half of SciFact's train claims (full corpus): even query ids,
+    where a repeated claim text follows its smallest id, so no scored text is ever a training claim."""
     from ..data.retrieval import load_beir
 
-    corpus, queries, qrels = load_beir(str(scifact_dir), "train")
-    qrels = {q: r for q, r in qrels.items() if scored_claim(q)}
-    return corpus, {q: queries[q] for q in qrels}, qrels
+    return load_beir(str(scifact_dir), "train", ids=SCORED_IDS)
 
 
 # ====================================================================== numbers (pure functions)
