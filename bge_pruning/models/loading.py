@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from .families import FAMILIES, SUPPORTED_MODEL_TYPES
+
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_MODELS = ("all-MiniLM-L6-v2", "all-mpnet-base-v2")
 
@@ -79,8 +81,8 @@ def load_hf_model(name_or_path: str, what: str = "model.name_or_path", *, trust_
     return model, tokenizer
 
 
-# BERT-family encoders the masked backbone reproduces exactly (and this project's pruned exports of them).
-SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta", "pruned-bert", "pruned-xlm-roberta")
+# SUPPORTED_MODEL_TYPES (from families.py): the BERT-family encoders the masked backbone reproduces exactly,
+# then this project's pruned exports of them.
 
 
 def _check_family(path: str, what: str, model_type: str | None = None) -> None:
@@ -94,7 +96,7 @@ def _check_family(path: str, what: str, model_type: str | None = None) -> None:
             return  # a hub id, or an unreadable config that loading reports
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelLoadError(f"{what}: {path} is a '{model_type}' model; bge_pruning prunes BERT-family encoders "
-                             f"(model_type {', '.join(SUPPORTED_MODEL_TYPES[:2])})")
+                             f"(model_type {', '.join(FAMILIES)})")
 
 
 def check_tokenizer_matches(tokenizer: Any, config: Any, what: str) -> None:
