@@ -12,9 +12,11 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: install demo test lock clean
 
+# --no-deps: the lock is already the whole transitive set, and it keeps pip from adding what a package
+# declares but the lock leaves out on purpose (AAIT, see lock-overrides.txt).
 $(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -r $(LOCK)
+	$(VENV)/bin/pip install --no-deps -r $(LOCK)
 	$(VENV)/bin/pip install --no-deps -e .
 	touch $(STAMP)
 
@@ -38,7 +40,7 @@ LOCK_VENV  ?= .venv-lock
 lock:
 	test -x $(LOCK_VENV)/bin/uv || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install uv==$(UV_VERSION); }
 	$(LOCK_VENV)/bin/uv pip compile pyproject.toml --all-extras --universal --python-version 3.10 \
-		--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -o $(LOCK)
+		--override lock-overrides.txt --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -o $(LOCK)
 
 clean:
 	rm -rf experiments/demo-*

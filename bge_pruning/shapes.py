@@ -11,6 +11,15 @@ A BERT-family encoder layer (BERT, XLM-RoBERTa) is, with d = hidden size and dh 
   ``output.dense`` (d weights);
 * per layer, whatever its width: ``attention.output.dense.bias``, ``output.dense.bias`` and two
   LayerNorms (weight + bias each) = 6·d.
+
+MPNet's layer has the same parameters under other names (``attention.attn.{q,k,v,o}``,
+``attention.LayerNorm``), so the per-head, per-unit and per-layer counts are the same. MPNet adds one
+table shared by all layers, ``encoder.relative_attention_bias`` (buckets x base heads, 32 x 12 in
+all-mpnet-base-v2). It is counted once, with the embeddings (it is a position table that no head, unit
+or layer owns, so the L0 module's encoder-layer count does not include it). A pruned MPNet keeps the whole
+table: each kept head reads the bias column of the head it was in the base model, and different layers
+keep different heads, so no column can be dropped unless no layer uses it (the table is 384 parameters,
+and keeping it whole keeps the state dict loadable by the stock ``MPNetModel``).
 """
 from __future__ import annotations
 
@@ -45,6 +54,9 @@ class EncoderShape:
     max_position_embeddings: int
     type_vocab_size: int
     has_pooler: bool = True
+    # MPNet's shared relative-attention bias table (buckets x heads); 0 for families without one.
+    relative_attention_buckets: int = 0
+    relative_attention_heads: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads_per_layer", tuple(int(h) for h in self.heads_per_layer))
@@ -79,6 +91,10 @@ class EncoderShape:
     @classmethod
     def from_hf_config(cls, config: Any, has_pooler: bool = True) -> "EncoderShape":
         """Shape of a stock or pruned HF config (pruned configs carry per-layer widths)."""
+        from .models.families import find_family
+
+        family = find_family(config)
+        bias = family is not None and family.relative_attention_bias
         n_layers = config.num_hidden_layers
         head_dim = getattr(config, "attention_head_size", None) or config.hidden_size // config.num_attention_heads
         heads = getattr(config, "heads_per_layer", None) or [config.num_attention_heads] * n_layers
@@ -90,8 +106,10 @@ class EncoderShape:
             intermediate_per_layer=tuple(inter),
             vocab_size=config.vocab_size,
             max_position_embeddings=config.max_position_embeddings,
-            type_vocab_size=config.type_vocab_size,
+            type_vocab_size=config.type_vocab_size if family is None or family.token_types else 0,
             has_pooler=has_pooler,
+            relative_attention_buckets=int(config.relative_attention_num_buckets) if bias else 0,
+            relative_attention_heads=int(config.num_attention_heads) if bias else 0,
         )
 
     @property
@@ -103,7 +121,7 @@ class EncoderShape:
         return len(set(self.heads_per_layer)) <= 1 and len(set(self.intermediate_per_layer)) <= 1
 
     def with_target(self, n_layers: int, n_heads: int, intermediate_size: int) -> "EncoderShape":
-        """The uniform shape this encoder is pruned to (same hidden size, head size, vocabulary)."""
+        """The uniform shape this encoder is pruned to (same hidden size, head size, vocabulary, bias table)."""
         return EncoderShape(
             hidden_size=self.hidden_size,
             head_dim=self.head_dim,
@@ -113,6 +131,8 @@ class EncoderShape:
             max_position_embeddings=self.max_position_embeddings,
             type_vocab_size=self.type_vocab_size,
             has_pooler=self.has_pooler,
+            relative_attention_buckets=self.relative_attention_buckets,
+            relative_attention_heads=self.relative_attention_heads,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,9 +168,13 @@ def layer_params(hidden_size: int, head_dim: int, n_heads: int, intermediate_siz
 
 
 def count_params(shape: EncoderShape) -> ParamCount:
-    """Exact parameter count of an encoder of this shape (embeddings, encoder layers, pooler)."""
+    """Exact parameter count of an encoder of this shape (embeddings, encoder layers, pooler).
+
+    ``embeddings`` includes MPNet's shared relative-attention bias table (see the module docstring).
+    """
     d = shape.hidden_size
-    embeddings = (shape.vocab_size + shape.max_position_embeddings + shape.type_vocab_size) * d + 2 * d
+    embeddings = ((shape.vocab_size + shape.max_position_embeddings + shape.type_vocab_size) * d + 2 * d
+                  + shape.relative_attention_buckets * shape.relative_attention_heads)
     encoder = sum(layer_params(d, shape.head_dim, h, i)
                   for h, i in zip(shape.heads_per_layer, shape.intermediate_per_layer))
     pooler = d * d + d if shape.has_pooler else 0

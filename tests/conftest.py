@@ -36,3 +36,26 @@ def stsb_dir() -> Path:
     if not (SHARED_STSB / "sts-train.csv").exists():
         pytest.skip(f"STS-B data not found at {SHARED_STSB} (shared/ is absent on this machine)")
     return SHARED_STSB
+
+
+@pytest.fixture(scope="session")
+def tiny_mpnet_path(tmp_path_factory) -> Path:
+    from tiny_models import build_tiny_mpnet
+
+    return build_tiny_mpnet(tmp_path_factory.mktemp("tiny_mpnet"))
+
+
+@pytest.fixture(scope="session")
+def mpnet_path() -> Path:
+    """The real all-mpnet-base-v2, joined from its five part packages into the cache on first use."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from bge_pruning.models.embedded import ALL_MPNET_BASE_V2
+    from bge_pruning.models.loading import resolve_model_path
+
+    try:
+        for package in ALL_MPNET_BASE_V2.packages:
+            distribution(package)
+    except PackageNotFoundError as e:
+        pytest.skip(f"all-mpnet-base-v2's part package {e} is not installed (make install installs it)")
+    return Path(resolve_model_path("embedded:all-mpnet-base-v2"))

@@ -513,3 +513,79 @@ def test_extract_script(tiny, tmp_path, monkeypatch, capsys):
     assert "inside" in capsys.readouterr().err and inside.exists()
     assert script.main([str(tmp_path / "missing.pt"), str(tmp_path / "o2")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+# ====================================================================== tiny MPNet (relative position bias)
+MPNET_HEADS = [3, 1, 4, 2]     # per layer; different head subsets read different bias columns
+MPNET_INTER = [10, 64, 0, 33]
+MPNET_LAYER_Z = [1.0, 1.0, 1.0, 1.0]
+
+
+@pytest.fixture(scope="module")
+def tiny_mpnet(tiny_mpnet_path):
+    from transformers import AutoTokenizer
+
+    backbone = MaskedBGEM3Backbone.from_pretrained(str(tiny_mpnet_path)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_mpnet_path))
+    zs = _masks(MPNET_HEADS, MPNET_INTER, 4, 64, MPNET_LAYER_Z, seed=2)
+    return backbone, tokenizer, zs
+
+
+@pytest.mark.parametrize("vanilla", [False, True], ids=["default", "vanilla"])
+def test_tiny_mpnet_export_reloads_equal(tiny_mpnet, tmp_path, vanilla):
+    from sentence_transformers import SentenceTransformer
+
+    backbone, tokenizer, zs = tiny_mpnet
+    out = export_pruned_model(backbone, tmp_path / "m", tokenizer, zs, pooling="mean", vanilla=vanilla,
+                              info={"base_model": "tiny-mpnet"})
+    info = json.loads((out / "pruning_info.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    kept_heads = [torch.nonzero(zs["head_z"][i]).flatten().tolist() for i in range(4)]
+    assert info["kept_heads"] == kept_heads
+    if vanilla:
+        assert info["export"]["class"] == "MPNetModel" and config["model_type"] == "mpnet"
+        assert not (out / hf_export.MODELING_FILE).exists() and "relative_attention_heads_per_layer" not in config
+    else:
+        assert info["export"]["class"] == "PrunedMPNetModel" and config["model_type"] == "pruned-mpnet"
+        assert config["relative_attention_heads_per_layer"] == kept_heads
+        assert config["heads_per_layer"] == MPNET_HEADS and config["intermediate_per_layer"] == MPNET_INTER
+    assert "type_vocab_size" not in config
+
+    model, loading = _reload(out, trust_remote_code=not vanilla)
+    _assert_clean_loading(loading)
+    assert type(model).__name__ == info["export"]["class"]
+    assert sum(p.numel() for p in model.parameters()) == info["params"]["exported"]["total"]
+    # The unpadded count: the bias table once, the kept heads and units only.
+    pruned = EncoderShape.from_hf_config(backbone.config).with_target(4, 4, 64)
+    pruned = EncoderShape(**{**pruned.__dict__, "heads_per_layer": tuple(MPNET_HEADS),
+                             "intermediate_per_layer": tuple(MPNET_INTER)})
+    assert info["params"]["after"]["total"] == count_params(pruned).total
+    if not vanilla:
+        assert info["params"]["exported"] == info["params"]["after"]
+
+    batch, ref = _masked_hidden(backbone, tokenizer, TINY_TEXTS, zs)
+    with torch.no_grad():
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    assert _real_diff(hidden, ref, batch["attention_mask"]) < ATOL
+
+    st = SentenceTransformer(str(out), device="cpu", trust_remote_code=not vanilla)
+    emb = torch.as_tensor(st.encode(TINY_TEXTS, normalize_embeddings=False))
+    want = dense_embedding(ref, batch["attention_mask"], "mean", True)
+    assert torch.allclose(emb, want, atol=ATOL)
+
+
+def test_tiny_mpnet_export_reloads_as_masked_backbone(tiny_mpnet, tmp_path):
+    """A custom MPNet export is a valid base for finetuning: the masked backbone rebuilds its per-layer bias
+    columns from config.json and reproduces the export."""
+    from bge_pruning.models.loading import load_hf_model
+
+    backbone, tokenizer, zs = tiny_mpnet
+    out = export_pruned_model(backbone, tmp_path / "m", tokenizer, zs, pooling="mean")
+    hf, tok = load_hf_model(str(out))
+    again = MaskedBGEM3Backbone.from_hf_model(hf).eval()
+    assert again.encoder.relative_attention_heads() == [torch.nonzero(zs["head_z"][i]).flatten().tolist()
+                                                        for i in range(4)]
+    batch, ref = _masked_hidden(backbone, tokenizer, TINY_TEXTS, zs)
+    with torch.no_grad():
+        hidden = again(batch["input_ids"], batch["attention_mask"])
+    assert _real_diff(hidden, ref, batch["attention_mask"]) < ATOL

@@ -253,3 +253,34 @@ def test_loggers_and_monitors_from_config(tmp_path, tiny_xlmr_path, monkeypatch)
         build_trainer(load_config(path, ["loggers={tensorbord: {}}"]))
     with pytest.raises(ConfigError, match=r"callbacks.speed_monitor: unknown setting\(s\) \['window'\]"):
         build_trainer(load_config(path, ["callbacks={speed_monitor: {window: 3}}"]))
+
+
+def test_prune_tiny_mpnet_few_steps(tmp_path, tiny_mpnet_path):
+    """An MPNet base trains through the same path: masks move, every loss is finite, the export reloads."""
+    from transformers import AutoModel
+
+    cfg = yaml.safe_load(tiny_config(tmp_path, tiny_mpnet_path, max_duration="6ba", eval_interval="6ba").read_text())
+    cfg["model"].update(pooling="mean", heads={"sparse": False, "colbert": False})
+    cfg["loss"] = {"distill_similarity": 1.0, "distill_embedding": 1.0, "distill_hidden": 0.5}
+    (tmp_path / "mpnet.yaml").write_text(yaml.safe_dump(cfg))
+    trainer, model = build_trainer(load_config(tmp_path / "mpnet.yaml"))
+    assert type(model.backbone.encoder.layer[0].attention).__name__ == "MPNetAttention"
+    before = {k: v.detach().clone() for k, v in model.l0_module.named_parameters()}
+    bias_before = model.backbone.encoder.relative_attention_bias.weight.detach().clone()
+    trainer.fit()
+    trainer.close()
+    moved = [k for k, v in model.l0_module.named_parameters() if not torch.equal(v, before[k])]
+    assert any("z_loga" in k for k in moved) and any("lambda" in k for k in moved), moved
+    assert not torch.equal(model.backbone.encoder.relative_attention_bias.weight, bias_before)  # it trains
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = {k for r in rows for k in r if k.startswith("loss/train/")}
+    assert {"loss/train/cosent", "loss/train/infonce", "loss/train/distill_hidden", "loss/train/lagrangian"} <= losses
+    assert all(math.isfinite(v) for r in rows for k, v in r.items() if k.startswith("loss/"))
+    # The trained model exports (custom class when heads differ per layer) and the export reloads.
+    from bge_pruning.export import export_composer_model
+
+    out = export_composer_model(model, tmp_path / "model")
+    info = json.loads((out / "pruning_info.json").read_text())
+    reloaded = AutoModel.from_pretrained(str(out), trust_remote_code=info["export"]["trust_remote_code"])
+    assert type(reloaded).__name__ in ("MPNetModel", "PrunedMPNetModel")
+    assert info["verification"]["max_abs_diff"] < 1e-4

@@ -81,10 +81,9 @@ def weights_file_size(model_dir: Path) -> tuple[str | None, int | None]:
 
 def max_sequence_length(config: Any) -> int:
     """Longest sequence the position embeddings allow (RoBERTa-style positions start after the pad id)."""
-    limit = int(config.max_position_embeddings)
-    if "roberta" in str(getattr(config, "model_type", "")):
-        limit -= int(getattr(config, "pad_token_id", 1) or 0) + 1
-    return limit
+    from ..models.families import max_sequence_length as family_limit
+
+    return family_limit(config)
 
 
 def _check_model_dir(model_dir: Path, role: str) -> None:

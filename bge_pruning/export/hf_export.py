@@ -10,12 +10,13 @@ naming the failed check.
 Three layouts:
 
 * nothing pruned inside the kept layers (all heads, one intermediate size): the stock
-  ``BertModel`` / ``XLMRobertaModel`` config, loadable without remote code;
+  ``BertModel`` / ``XLMRobertaModel`` / ``MPNetModel`` config, loadable without remote code;
 * pruned heads or per-layer intermediate sizes: ``modeling_pruned.py`` is copied into the directory
   and ``config.json`` has a custom ``model_type`` and ``auto_map`` (load with ``trust_remote_code=True``);
 * ``vanilla=True``: pruned heads are zero-padded back to full width and intermediate sizes to the
   largest kept one (exactly the same outputs), so the stock class loads it; the padded parameters
-  are counted in ``pruning_info.json``.
+  are counted in ``pruning_info.json``. MPNet's kept heads go back to their base slots, because a head's
+  slot is the column of the shared relative-position bias it adds.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..models.families import family_of
 from ..models.heads import COLBERT_FILE, POOLING_MODES, SPARSE_FILE
 from ..paths import too_little_space, unwritable
 from ..shapes import EncoderShape, count_params, kept_share
@@ -62,7 +64,8 @@ _INFO_OVERRIDABLE = ("base_model", "target_shape")
 # Config keys that describe the source model/checkpoint rather than the exported one.
 _CONFIG_DROP = ("architectures", "auto_map", "model_type", "_name_or_path", "name_or_path", "transformers_version",
                 "heads_per_layer", "intermediate_per_layer", "attention_head_size", "has_pooler", "pruned_heads",
-                "dtype", "torch_dtype", "_commit_hash", "_attn_implementation_autoset")
+                "dtype", "torch_dtype", "_commit_hash", "_attn_implementation_autoset",
+                "relative_attention_heads_per_layer")
 
 
 # ====================================================================== public API
@@ -375,10 +378,7 @@ def _jsonable(obj: Any, where: str) -> Any:
 
 # ====================================================================== forward passes
 def _max_tokens(backbone) -> int:
-    n_pos = backbone.config.max_position_embeddings
-    if "roberta" in backbone.config.model_type:
-        n_pos -= backbone.config.pad_token_id + 1
-    return max(2, min(128, n_pos))
+    return max(2, min(128, family_of(backbone.config).max_sequence_length(backbone.config)))
 
 
 def _probe_batch(tokenizer, backbone, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -406,18 +406,6 @@ def _forward_masked(backbone, probe: Mapping[str, torch.Tensor], zs: Mapping[str
 
 
 # ====================================================================== config and weights
-def _family(config) -> str:
-    return "xlm-roberta" if "roberta" in str(config.model_type) else "bert"
-
-
-_CLASSES = {
-    ("bert", False): ("BertConfig", "BertModel"),
-    ("bert", True): ("PrunedBertConfig", "PrunedBertModel"),
-    ("xlm-roberta", False): ("XLMRobertaConfig", "XLMRobertaModel"),
-    ("xlm-roberta", True): ("PrunedXLMRobertaConfig", "PrunedXLMRobertaModel"),
-}
-
-
 def _choose_layout(pruned, vanilla: bool) -> dict[str, Any]:
     shape = pruned.shape
     cfg = pruned.config
@@ -427,12 +415,13 @@ def _choose_layout(pruned, vanilla: bool) -> dict[str, Any]:
     stock_fits = (all(h == full_heads for h in shape.heads_per_layer) and len(set(shape.intermediate_per_layer)) <= 1
                   and shape.has_pooler)
     if vanilla and not shape.has_pooler:
-        raise ExportError("vanilla export needs the pooler (the stock BertModel/XLMRobertaModel always has one); "
-                          "export without vanilla=True")
+        raise ExportError("vanilla export needs the pooler (the stock BertModel/XLMRobertaModel/MPNetModel always "
+                          "has one); export without vanilla=True")
     custom = not (vanilla or stock_fits)
-    family = _family(cfg)
-    config_class, model_class = _CLASSES[(family, custom)]
-    return {"family": family, "custom": custom, "vanilla": vanilla, "full_heads": full_heads,
+    fam = family_of(cfg)
+    config_class, model_class = ((fam.pruned_config_class, fam.pruned_model_class) if custom
+                                 else (fam.config_class, fam.model_class))
+    return {"family": fam.model_type, "custom": custom, "vanilla": vanilla, "full_heads": full_heads,
             "config_class": config_class, "model_class": model_class}
 
 
@@ -445,20 +434,32 @@ def _export_state_dict(pruned, vanilla: bool) -> tuple[dict[str, torch.Tensor], 
     d, dh = shape.hidden_size, shape.head_dim
     full = (d // dh) * dh
     inter_max = max(shape.intermediate_per_layer)
-    for i in range(shape.n_layers):
+    keys = family_of(pruned.config).keys
+    for i, layer in enumerate(pruned.encoder.layer):
         p = f"encoder.layer.{i}."
+        # Rows of the full-width projections that the kept heads fill (the rest stay zero).
+        slots = torch.as_tensor(layer.attention.head_slots(), dtype=torch.long)
+        rows = (slots.unsqueeze(1) * dh + torch.arange(dh)).flatten()
         for name in ("query", "key", "value"):  # zero rows: the padded heads' context is exactly 0
-            state[p + f"attention.self.{name}.weight"] = _pad(state[p + f"attention.self.{name}.weight"], 0, full)
-            state[p + f"attention.self.{name}.bias"] = _pad(state[p + f"attention.self.{name}.bias"], 0, full)
-        state[p + "attention.output.dense.weight"] = _pad(state[p + "attention.output.dense.weight"], 1, full)
+            for part in ("weight", "bias"):
+                key = f"{p}{keys[name]}.{part}"
+                state[key] = _place(state[key], 0, full, rows)
+        key = f"{p}{keys['attention_output']}.weight"
+        state[key] = _place(state[key], 1, full, rows)
         state[p + "intermediate.dense.weight"] = _pad(state[p + "intermediate.dense.weight"], 0, inter_max)
         state[p + "intermediate.dense.bias"] = _pad(state[p + "intermediate.dense.bias"], 0, inter_max)
         state[p + "output.dense.weight"] = _pad(state[p + "output.dense.weight"], 1, inter_max)
-    padded = EncoderShape(hidden_size=d, head_dim=dh, heads_per_layer=(d // dh,) * shape.n_layers,
-                          intermediate_per_layer=(inter_max,) * shape.n_layers, vocab_size=shape.vocab_size,
-                          max_position_embeddings=shape.max_position_embeddings,
-                          type_vocab_size=shape.type_vocab_size, has_pooler=shape.has_pooler)
+    padded = shape.with_target(shape.n_layers, d // dh, inter_max)
     return state, padded
+
+
+def _place(t: torch.Tensor, dim: int, size: int, index: torch.Tensor) -> torch.Tensor:
+    """``t`` written at positions ``index`` along ``dim`` of a zero tensor ``size`` long there."""
+    if t.shape[dim] == size and torch.equal(index, torch.arange(size)):
+        return t
+    new_shape = list(t.shape)
+    new_shape[dim] = size
+    return t.new_zeros(new_shape).index_copy_(dim, index.to(t.device), t)
 
 
 def _pad(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
@@ -483,9 +484,10 @@ def _build_config(pruned, shape: EncoderShape, layout: Mapping[str, Any]):
         intermediate_size=max(shape.intermediate_per_layer) if shape.n_layers else 0,
         vocab_size=shape.vocab_size,
         max_position_embeddings=shape.max_position_embeddings,
-        type_vocab_size=shape.type_vocab_size,
         architectures=[layout["model_class"]],
     )
+    if family_of(base).token_types:
+        values["type_vocab_size"] = shape.type_vocab_size
     if layout["custom"]:
         values.update(
             heads_per_layer=list(shape.heads_per_layer),
@@ -495,6 +497,9 @@ def _build_config(pruned, shape: EncoderShape, layout: Mapping[str, Any]):
             auto_map={"AutoConfig": f"{MODELING_FILE[:-3]}.{layout['config_class']}",
                       "AutoModel": f"{MODELING_FILE[:-3]}.{layout['model_class']}"},
         )
+        bias_heads = pruned.encoder.relative_attention_heads()
+        if bias_heads is not None:  # MPNet: which column of the shared position bias each kept head reads
+            values["relative_attention_heads_per_layer"] = bias_heads
         config_cls = getattr(modeling_pruned, layout["config_class"])
     else:
         import transformers
@@ -542,9 +547,7 @@ def _write_sentence_transformers(tmp: Path, config, tokenizer, pooling: str, nor
     if normalize:
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
     _write_json(tmp / "modules.json", modules)
-    max_len = config.max_position_embeddings
-    if "roberta" in config.model_type:
-        max_len -= config.pad_token_id + 1
+    max_len = family_of(config).max_sequence_length(config)
     tok_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_max, int) and 0 < tok_max < max_len:
         max_len = tok_max

