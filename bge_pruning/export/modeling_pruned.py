@@ -11,7 +11,10 @@ read from the config:
   then adds only the output bias before its LayerNorm);
 * ``intermediate_per_layer``: intermediate (FFN) size of each layer (0 is allowed);
 * ``attention_head_size``: head size, unchanged by pruning;
-* ``has_pooler``: whether the model has the (unused by embedders) CLS pooler.
+* ``has_pooler``: whether the model has the (unused by embedders) CLS pooler;
+* ``attention_kept_per_layer`` / ``ffn_kept_per_layer`` (optional, all true when absent): false where the
+  layer's whole attention (FFN) sublayer was removed. The layers are post-LayerNorm, and a removed sublayer
+  is an exact identity with no parameters at all (no weights, biases or LayerNorm): its width is 0.
 
 The classes subclass the stock ``BertModel`` / ``XLMRobertaModel`` and only resize each layer's
 Linear modules and the attention modules' head bookkeeping (``num_attention_heads``,
@@ -25,6 +28,19 @@ import warnings
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel, XLMRobertaConfig, XLMRobertaModel
+
+
+def kept_sublayers(config) -> tuple[list[bool], list[bool]]:
+    """``(attention_kept_per_layer, ffn_kept_per_layer)`` of a config (all true when absent), validated."""
+    n_layers = int(config.num_hidden_layers)
+    out = []
+    for name in ("attention_kept_per_layer", "ffn_kept_per_layer"):
+        flags = getattr(config, name, None)
+        flags = [True] * n_layers if flags is None else [bool(f) for f in flags]
+        if len(flags) != n_layers:
+            raise ValueError(f"config.{name} has {len(flags)} entries but num_hidden_layers is {n_layers}")
+        out.append(flags)
+    return out[0], out[1]
 
 
 def pruned_widths(config) -> tuple[int, list[int], list[int]]:
@@ -66,6 +82,27 @@ class NoHeadSelfAttention(nn.Module):
         return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None
 
 
+class RemovedAttention(nn.Module):
+    """A removed attention sublayer (residual and LayerNorm included): returns its input unchanged."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        return hidden_states, None
+
+
+class RemovedIntermediate(nn.Module):
+    """The intermediate half of a removed FFN sublayer: passes its input on to ``RemovedOutput``."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states
+
+
+class RemovedOutput(nn.Module):
+    """The output half of a removed FFN sublayer (dense, residual, LayerNorm): returns the attention output."""
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return input_tensor
+
+
 def _new_linear(in_features: int, out_features: int, **kwargs) -> nn.Linear:
     # A layer with no head / intermediate unit left has 0-row Linear layers; initialising them is a
     # harmless no-op that torch warns about.
@@ -84,11 +121,20 @@ def resize_layers(model: nn.Module) -> None:
     """Give every encoder layer of a stock BERT-family model the widths its config asks for (idempotent)."""
     config = model.config
     head_size, heads, inter = pruned_widths(config)
+    attention_kept, ffn_kept = kept_sublayers(config)
     d = config.hidden_size
     layers = model.encoder.layer
     if len(layers) != len(heads):
         raise ValueError(f"model has {len(layers)} layers, config.heads_per_layer has {len(heads)} entries")
-    for layer, n_heads, size in zip(layers, heads, inter):
+    for layer, n_heads, size, has_attention, has_ffn in zip(layers, heads, inter, attention_kept, ffn_kept):
+        if not has_ffn:
+            layer.intermediate, layer.output = RemovedIntermediate(), RemovedOutput()
+        if not has_attention:
+            layer.attention = RemovedAttention()
+            if has_ffn:
+                layer.intermediate.dense = _linear(layer.intermediate.dense, d, size)
+                layer.output.dense = _linear(layer.output.dense, size, d)
+            continue
         attention = layer.attention
         width = n_heads * head_size
         if n_heads == 0:
@@ -104,8 +150,9 @@ def resize_layers(model: nn.Module) -> None:
             sa.all_head_size = width
             sa.scaling = head_size ** -0.5
         attention.output.dense = _linear(attention.output.dense, width, d)
-        layer.intermediate.dense = _linear(layer.intermediate.dense, d, size)
-        layer.output.dense = _linear(layer.output.dense, size, d)
+        if has_ffn:
+            layer.intermediate.dense = _linear(layer.intermediate.dense, d, size)
+            layer.output.dense = _linear(layer.output.dense, size, d)
 
 
 class PrunedBertConfig(BertConfig):
@@ -148,4 +195,5 @@ class PrunedXLMRobertaModel(XLMRobertaModel):
 
 
 __all__ = ["PrunedBertConfig", "PrunedBertModel", "PrunedXLMRobertaConfig", "PrunedXLMRobertaModel",
-           "NoHeadSelfAttention", "pruned_widths", "resize_layers"]
+           "NoHeadSelfAttention", "RemovedAttention", "RemovedIntermediate", "RemovedOutput", "kept_sublayers",
+           "pruned_widths", "resize_layers"]
