@@ -171,6 +171,11 @@ def test_export_with_removed_sublayers_reloads_equal(which, tmp_path, minilm_pat
         ref = model(batch["input_ids"], batch["attention_mask"], **zs)
         got = reloaded.eval()(**batch).last_hidden_state
     assert (ref - got).abs()[batch["attention_mask"].bool()].max() < 1e-4
+    # The export loads back into the masked backbone (a finetune of the pruned model), sublayers and all.
+    again = MaskedBGEM3Backbone.from_hf_model(reloaded).eval()
+    assert again.shape.attention_kept_per_layer == (False, True, True, True)
+    with torch.no_grad():
+        assert (again(batch["input_ids"], batch["attention_mask"]) - got).abs().max() < 1e-5
     # Vanilla cannot hold a removed post-LN sublayer: refused, nothing written.
     with pytest.raises(ExportError, match="vanilla export cannot represent a removed attention / FFN sublayer"):
         export_pruned_model(model, tmp_path / "vanilla", tok, zs, vanilla=True)
@@ -396,3 +401,16 @@ def test_short_global_training_exports_the_achieved_size(tmp_path, tiny_xlmr_pat
     assert math.isfinite(last["l0/expected_sparsity"]) and "l0/expected_mlp_sparsity" in last
     reloaded = AutoModel.from_pretrained(str(tmp_path / "model"), trust_remote_code=True)
     assert numel(reloaded) == info["params"]["after"]["total"]
+
+
+def test_demo_global_config_states_its_target(minilm_path):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "demo_global.yaml"
+    cfg = load_config(path)
+    base = EncoderShape.from_hf_config(AutoModel.from_pretrained(str(minilm_path)).config)
+    target = parse_target(dict(cfg.model.l0_module.target_model), base)
+    assert isinstance(target, GlobalTarget) and target.n_params == count_params(base).encoder_layers // 2
+    text = path.read_text()
+    assert f"{target.n_params:,}" in text and f"{count_params(base).encoder_layers:,}" in text
+    assert list(cfg.model.l0_module.pruning_modules) == list(ALL)

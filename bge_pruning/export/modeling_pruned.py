@@ -127,13 +127,13 @@ def resize_layers(model: nn.Module) -> None:
     if len(layers) != len(heads):
         raise ValueError(f"model has {len(layers)} layers, config.heads_per_layer has {len(heads)} entries")
     for layer, n_heads, size, has_attention, has_ffn in zip(layers, heads, inter, attention_kept, ffn_kept):
-        if not has_ffn:
+        if has_ffn:
+            layer.intermediate.dense = _linear(layer.intermediate.dense, d, size)
+            layer.output.dense = _linear(layer.output.dense, size, d)
+        else:
             layer.intermediate, layer.output = RemovedIntermediate(), RemovedOutput()
         if not has_attention:
             layer.attention = RemovedAttention()
-            if has_ffn:
-                layer.intermediate.dense = _linear(layer.intermediate.dense, d, size)
-                layer.output.dense = _linear(layer.output.dense, size, d)
             continue
         attention = layer.attention
         width = n_heads * head_size
@@ -150,9 +150,6 @@ def resize_layers(model: nn.Module) -> None:
             sa.all_head_size = width
             sa.scaling = head_size ** -0.5
         attention.output.dense = _linear(attention.output.dense, width, d)
-        if has_ffn:
-            layer.intermediate.dense = _linear(layer.intermediate.dense, d, size)
-            layer.output.dense = _linear(layer.output.dense, size, d)
 
 
 class PrunedBertConfig(BertConfig):
