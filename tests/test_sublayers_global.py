@@ -231,7 +231,20 @@ def test_global_expected_size_at_the_deterministic_masks(monkeypatch):
     assert l0.expected_num_params().item() == achieved
 
 
-@pytest.mark.parametrize("modules", [ALL, ("layer", "head", "intermediate"), ("head", "intermediate", "mlp")])
+def test_gates_only_global_target():
+    """Only whole layers / sublayers pruned: the gates keep their expected number, every unit stays."""
+    l0 = global_l0(("layer", "head_layer", "mlp"), seed=2)
+    zs = l0.deterministic_zs()
+    assert set(zs) == {"layer_z", "head_layer_z", "mlp_z"}
+    shape = l0.expected_shape()
+    assert all(h == 12 for h, a in zip(shape.heads_per_layer, shape.attention_kept_per_layer) if a)
+    assert l0.deterministic_num_params() == count_params(shape_from_pattern(
+        {"layer": zs["layer_z"], "head_layer": zs["head_layer_z"], "mlp": zs["mlp_z"],
+         "head": torch.ones(6, 12), "intermediate": torch.ones(6, 1536)})).encoder_layers
+
+
+@pytest.mark.parametrize("modules", [ALL, ("layer", "head", "intermediate"), ("head", "intermediate", "mlp"),
+                                     ("layer", "intermediate", "head_layer"), ("layer", "head", "mlp")])
 @pytest.mark.parametrize("share", [0.3, 0.5, 0.8])
 def test_budget_rule_keeps_the_best_units_to_within_one_unit(modules, share):
     l0 = global_l0(modules, share=share, seed=7)
@@ -259,6 +272,7 @@ def test_budget_rule_keeps_the_best_units_to_within_one_unit(modules, share):
     units = [u for _, u in sorted(((u[0], u[1]), u) for u in units)]
     fixed = 1152 * int(att.sum()) + 1152 * int(ffn.sum())
     fixed += 0 if "head" in l0.masks else int(att.sum()) * 12 * (4 * 384 * 32 + 96)
+    fixed += 0 if "intermediate" in l0.masks else int(ffn.sum()) * 1536 * 769
     size, kept, next_cost = fixed, set(), None
     for _, _, cost, m, i, j in units:
         if size + cost > target:
@@ -267,12 +281,17 @@ def test_budget_rule_keeps_the_best_units_to_within_one_unit(modules, share):
         size += cost
         kept.add((m, i, j))
     assert achieved == size
-    assert achieved <= target and (next_cost is None or target - achieved < next_cost)
+    report = l0.convergence_report()
+    if fixed > target:  # the gates' fixed parameters alone exceed the budget: no unit kept, and said so
+        assert achieved == fixed and not kept
+        assert any("fixed parameters alone exceed the target" in w for w in report["warnings"])
+    else:
+        assert achieved <= target and (next_cost is None or target - achieved < next_cost)
     for m in ("head", "intermediate"):
         if m in l0.masks:
             got = {(m, int(i), int(j)) for i, j in torch.nonzero(zs[f"{m}_z"])}
             assert got == {k for k in kept if k[0] == m}
-    report = l0.convergence_report()["global"]
+    report = report["global"]
     assert report["achieved_n_params"] == achieved and report["achieved_share"] == achieved / l0.prunable_model_size
     assert report["target_n_params"] == target and report["rule"] == "budget"
 

@@ -400,6 +400,8 @@ class L0Module(nn.Module):
         parts = [(name, on, cost) for name, on, cost in (("head", att_on, self.params_per_head),
                                                        ("intermediate", ffn_on, self.params_per_intermediate_unit))
                  if name in self.masks]
+        if not parts:  # only layer / sublayer gates are pruned: no unit to choose
+            return {}
         scores, costs, eligible = [], [], []
         for name, on, cost in parts:
             mask = self.masks[name]
