@@ -6,6 +6,7 @@ an hour of training with a silently ignored setting.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Any
@@ -126,8 +127,6 @@ def _target_model(tree: Any) -> Any:
 def _defaults_for(*sources: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(defaults to merge, schema to validate against): a global target_model is {n_params, share}, the uniform
     one {n_layers, n_heads, intermediate_size} (required); the schema accepts the keys of both."""
-    import copy
-
     schema = copy.deepcopy(DEFAULTS)
     target = schema["model"]["l0_module"]["target_model"]
     defaults = copy.deepcopy(DEFAULTS)
