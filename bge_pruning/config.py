@@ -6,6 +6,7 @@ an hour of training with a silently ignored setting.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,15 @@ DEFAULTS: dict[str, Any] = {
         # distillation teacher is trimmed to the same ids, so both see exactly the same tokens.
         "vocab": {"corpus": None, "min_count": 1, "max_vocab": None, "keep_tokens": None},
         "l0_module": {
+            # layer | head | intermediate | head_layer, mlp (whole attention / FFN sublayers; global target only)
             "pruning_modules": ["layer", "head", "intermediate"],
             "start_sparsity": 0.0,
             "lagrangian_warmup_steps": "0ba",
+            # Deterministic masks: the target (uniform: exactly the target widths; global: the parameter budget)
+            # or, when false, the expected number of units per row (CoFi).
             "eval_target_model": True,
+            # A uniform target shape, or instead a global target: {n_params: N} or {share: s} of the base's
+            # encoder-layer parameters, widths and depth free per layer (see GLOBAL_TARGET_DEFAULTS).
             "target_model": {"n_layers": REQUIRED, "n_heads": REQUIRED, "intermediate_size": REQUIRED},
         },
     },
@@ -107,6 +113,32 @@ DEFAULTS: dict[str, Any] = {
         "before_after": False,  # evaluate base vs pruned on data.eval.sts at the end and print a table
     },
 }
+
+# ``model.l0_module.target_model`` of a global target: when the file or the command line gives one of these
+# keys, they replace the uniform shape's required keys (parse_target refuses a mix of both kinds).
+GLOBAL_TARGET_DEFAULTS: dict[str, Any] = {"n_params": None, "share": None}
+TARGET_MODEL = ("model", "l0_module", "target_model")
+
+
+def _target_model(tree: Any) -> Any:
+    for key in TARGET_MODEL:
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(key)
+    return tree
+
+
+def _defaults_for(*sources: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(defaults to merge, schema to validate against): a global target_model is {n_params, share}, the uniform
+    one {n_layers, n_heads, intermediate_size} (required); the schema accepts the keys of both."""
+    schema = copy.deepcopy(DEFAULTS)
+    target = schema["model"]["l0_module"]["target_model"]
+    defaults = copy.deepcopy(DEFAULTS)
+    if any(isinstance(t, dict) and any(k in t for k in GLOBAL_TARGET_DEFAULTS) for t in map(_target_model, sources)):
+        defaults["model"]["l0_module"]["target_model"] = dict(GLOBAL_TARGET_DEFAULTS)
+    target.update(GLOBAL_TARGET_DEFAULTS)
+    return defaults, schema
+
 
 # Keys whose values are mappings passed through without key validation.
 FREE_KEYS = {"train.fsdp_config", "loggers", "callbacks"}
@@ -193,7 +225,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None, required: 
     if not isinstance(user, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     lines = _key_lines(path)
-    _validate(user, DEFAULTS, "", lines, str(path))
+    _, schema = _defaults_for()
+    _validate(user, schema, "", lines, str(path))
     cli: dict[str, Any] = {}
     for item in overrides or []:
         if "=" not in item:
@@ -204,8 +237,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None, required: 
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = _parse_value(value)
-    _validate(cli, DEFAULTS, "", {}, "command line")
-    cfg = OmegaConf.merge(OmegaConf.create(DEFAULTS), OmegaConf.create(user), OmegaConf.create(cli))
+    _validate(cli, schema, "", {}, "command line")
+    defaults, _ = _defaults_for(user, cli)
+    cfg = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.create(user), OmegaConf.create(cli))
     if required:
         missing = _missing(cfg)
         if cfg.stage == "finetune":

@@ -9,8 +9,15 @@ A BERT-family encoder layer (BERT, XLM-RoBERTa) is, with d = hidden size and dh 
   ``attention.output.dense``;
 * per intermediate unit: one row of ``intermediate.dense`` (d weights + 1 bias) and one column of
   ``output.dense`` (d weights);
-* per layer, whatever its width: ``attention.output.dense.bias``, ``output.dense.bias`` and two
-  LayerNorms (weight + bias each) = 6·d.
+* per attention sublayer, whatever its width: ``attention.output.dense.bias`` and
+  ``attention.output.LayerNorm`` (weight + bias) = 3·d;
+* per FFN sublayer, whatever its width: ``output.dense.bias`` and ``output.LayerNorm`` = 3·d;
+  so a layer with both sublayers has 6·d parameters that no head or unit owns.
+
+A sublayer can also be *removed* (the sublayer gates ``head_layer`` / ``mlp`` of the L0 module): a removed
+sublayer is an exact identity and has no parameters at all, which is not the same as a kept sublayer with
+0 heads (or 0 FFN units): that one still adds its output bias and applies its LayerNorm. ``EncoderShape``
+records this per layer in ``attention_kept_per_layer`` / ``ffn_kept_per_layer`` (all True by default).
 
 MPNet's layer has the same parameters under other names (``attention.attn.{q,k,v,o}``,
 ``attention.LayerNorm``), so the per-head, per-unit and per-layer counts are the same. MPNet adds one
@@ -37,9 +44,19 @@ def params_per_intermediate_unit(hidden_size: int) -> int:
     return 2 * hidden_size + 1
 
 
+def params_per_attention_fixed(hidden_size: int) -> int:
+    """Parameters of a kept attention sublayer that no head owns: its output bias and its LayerNorm."""
+    return 3 * hidden_size
+
+
+def params_per_ffn_fixed(hidden_size: int) -> int:
+    """Parameters of a kept FFN sublayer that no unit owns: its output bias and its LayerNorm."""
+    return 3 * hidden_size
+
+
 def params_per_layer_fixed(hidden_size: int) -> int:
-    """Parameters of a layer that no head or unit owns: two output biases and two LayerNorms."""
-    return 6 * hidden_size
+    """Parameters of a layer (both sublayers kept) that no head or unit owns: two output biases, two LayerNorms."""
+    return params_per_attention_fixed(hidden_size) + params_per_ffn_fixed(hidden_size)
 
 
 @dataclass(frozen=True)
@@ -57,12 +74,27 @@ class EncoderShape:
     # MPNet's shared relative-attention bias table (buckets x heads); 0 for families without one.
     relative_attention_buckets: int = 0
     relative_attention_heads: int = 0
+    # Per layer: is the attention (FFN) sublayer there at all? None = every one is (a stock layer). A removed
+    # sublayer has width 0 and no parameters; it is an exact identity.
+    attention_kept_per_layer: tuple[bool, ...] | None = None
+    ffn_kept_per_layer: tuple[bool, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads_per_layer", tuple(int(h) for h in self.heads_per_layer))
         object.__setattr__(self, "intermediate_per_layer", tuple(int(i) for i in self.intermediate_per_layer))
         if len(self.heads_per_layer) != len(self.intermediate_per_layer):
             raise ValueError("heads_per_layer and intermediate_per_layer must have one entry per layer")
+        n = len(self.heads_per_layer)
+        for name, widths in (("attention_kept_per_layer", self.heads_per_layer),
+                             ("ffn_kept_per_layer", self.intermediate_per_layer)):
+            flags = getattr(self, name)
+            flags = (True,) * n if flags is None else tuple(bool(f) for f in flags)
+            if len(flags) != n:
+                raise ValueError(f"{name} has {len(flags)} entries, the shape has {n} layers")
+            if any(w and not kept for w, kept in zip(widths, flags)):
+                raise ValueError(f"{name}: a removed sublayer must have width 0, got widths {list(widths)} "
+                                 f"for flags {list(flags)}")
+            object.__setattr__(self, name, flags)
 
     @classmethod
     def uniform(
@@ -100,6 +132,8 @@ class EncoderShape:
         heads = getattr(config, "heads_per_layer", None) or [config.num_attention_heads] * n_layers
         inter = getattr(config, "intermediate_per_layer", None) or [config.intermediate_size] * n_layers
         return cls(
+            attention_kept_per_layer=getattr(config, "attention_kept_per_layer", None),
+            ffn_kept_per_layer=getattr(config, "ffn_kept_per_layer", None),
             hidden_size=config.hidden_size,
             head_dim=head_dim,
             heads_per_layer=tuple(heads),
@@ -118,7 +152,12 @@ class EncoderShape:
 
     @property
     def is_uniform(self) -> bool:
-        return len(set(self.heads_per_layer)) <= 1 and len(set(self.intermediate_per_layer)) <= 1
+        return (len(set(self.heads_per_layer)) <= 1 and len(set(self.intermediate_per_layer)) <= 1
+                and not self.has_removed_sublayers)
+
+    @property
+    def has_removed_sublayers(self) -> bool:
+        return not (all(self.attention_kept_per_layer) and all(self.ffn_kept_per_layer))
 
     def with_target(self, n_layers: int, n_heads: int, intermediate_size: int) -> "EncoderShape":
         """The uniform shape this encoder is pruned to (same hidden size, head size, vocabulary, bias table)."""
@@ -136,13 +175,17 @@ class EncoderShape:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "n_layers": self.n_layers,
             "hidden_size": self.hidden_size,
             "head_dim": self.head_dim,
             "heads_per_layer": list(self.heads_per_layer),
             "intermediate_per_layer": list(self.intermediate_per_layer),
         }
+        if self.has_removed_sublayers:  # stock layers only: the dict stays as it always was
+            out["attention_kept_per_layer"] = list(self.attention_kept_per_layer)
+            out["ffn_kept_per_layer"] = list(self.ffn_kept_per_layer)
+        return out
 
 
 @dataclass(frozen=True)
@@ -160,11 +203,12 @@ class ParamCount:
                 "pooler": self.pooler, "total": self.total}
 
 
-def layer_params(hidden_size: int, head_dim: int, n_heads: int, intermediate_size: int) -> int:
-    """Parameters of one encoder layer with the given width."""
-    return (n_heads * params_per_head(hidden_size, head_dim)
-            + intermediate_size * params_per_intermediate_unit(hidden_size)
-            + params_per_layer_fixed(hidden_size))
+def layer_params(hidden_size: int, head_dim: int, n_heads: int, intermediate_size: int,
+                 attention: bool = True, ffn: bool = True) -> int:
+    """Parameters of one encoder layer with the given width (``attention`` / ``ffn``: is that sublayer there)."""
+    att = n_heads * params_per_head(hidden_size, head_dim) + params_per_attention_fixed(hidden_size)
+    mlp = intermediate_size * params_per_intermediate_unit(hidden_size) + params_per_ffn_fixed(hidden_size)
+    return (att if attention else 0) + (mlp if ffn else 0)
 
 
 def count_params(shape: EncoderShape) -> ParamCount:
@@ -175,8 +219,9 @@ def count_params(shape: EncoderShape) -> ParamCount:
     d = shape.hidden_size
     embeddings = ((shape.vocab_size + shape.max_position_embeddings + shape.type_vocab_size) * d + 2 * d
                   + shape.relative_attention_buckets * shape.relative_attention_heads)
-    encoder = sum(layer_params(d, shape.head_dim, h, i)
-                  for h, i in zip(shape.heads_per_layer, shape.intermediate_per_layer))
+    encoder = sum(layer_params(d, shape.head_dim, h, i, a, f)
+                  for h, i, a, f in zip(shape.heads_per_layer, shape.intermediate_per_layer,
+                                        shape.attention_kept_per_layer, shape.ffn_kept_per_layer))
     pooler = d * d + d if shape.has_pooler else 0
     return ParamCount(embeddings=embeddings, encoder_layers=encoder, pooler=pooler)
 

@@ -17,6 +17,10 @@ Three layouts:
   largest kept one (exactly the same outputs), so the stock class loads it; the padded parameters
   are counted in ``pruning_info.json``. MPNet's kept heads go back to their base slots, because a head's
   slot is the column of the shared relative-position bias it adds.
+  A removed attention / FFN sublayer (``head_layer_z`` / ``mlp_z``
+  = 0) has no such representation: the layers are post-LayerNorm, so a sublayer with zero weights computes
+  LayerNorm(x), not x. Vanilla export of such a model is refused (``ExportError``); the custom layout
+  (``attention_kept_per_layer`` / ``ffn_kept_per_layer`` in ``config.json``) exports it exactly.
 """
 from __future__ import annotations
 
@@ -47,7 +51,8 @@ from .verify import (ExportError, check_close, check_head_file, check_loading_in
 MODELING_FILE = "modeling_pruned.py"
 PRUNING_INFO_FILE = "pruning_info.json"
 WEIGHTS_FILE = "model.safetensors"
-ZS_KEYS = ("head_z", "intermediate_z", "layer_z")
+ZS_KEYS = ("head_z", "intermediate_z", "layer_z", "head_layer_z", "mlp_z")
+GATE_KEYS = ("layer_z", "head_layer_z", "mlp_z")  # binary per-layer gates around post-LN blocks
 
 DEFAULT_PROBE_TEXTS = (
     "Hello world.",
@@ -64,6 +69,7 @@ _INFO_OVERRIDABLE = ("base_model", "target_shape")
 # Config keys that describe the source model/checkpoint rather than the exported one.
 _CONFIG_DROP = ("architectures", "auto_map", "model_type", "_name_or_path", "name_or_path", "transformers_version",
                 "heads_per_layer", "intermediate_per_layer", "attention_head_size", "has_pooler", "pruned_heads",
+                "attention_kept_per_layer", "ffn_kept_per_layer",
                 "dtype", "torch_dtype", "_commit_hash", "_attn_implementation_autoset",
                 "relative_attention_heads_per_layer")
 
@@ -334,17 +340,27 @@ def _validate_zs(zs: Mapping[str, Any] | None, backbone) -> dict[str, Any] | Non
             if not torch.isfinite(row).all():
                 raise ExportError(f"zs[{key!r}][{i}] has non-finite values")
         out[key] = rows
-    if zs.get("layer_z") is not None:
-        layer_z = torch.as_tensor(zs["layer_z"]).detach().float().flatten().to(device)
-        if layer_z.numel() != n:
-            raise ExportError(f"zs['layer_z'] has {layer_z.numel()} entries, the backbone has {n} layers")
-        bad = sorted({v for v in layer_z.tolist() if v not in (0.0, 1.0)})
+    for key in GATE_KEYS:
+        if zs.get(key) is None:
+            continue
+        gate = torch.as_tensor(zs[key]).detach().float().flatten().to(device)
+        if gate.numel() != n:
+            raise ExportError(f"zs[{key!r}] has {gate.numel()} entries, the backbone has {n} layers")
+        bad = sorted({v for v in gate.tolist() if v not in (0.0, 1.0)})
         if bad:
-            raise ExportError(f"zs['layer_z'] must be 0 or 1 (a post-LayerNorm layer cannot fold a soft "
-                              f"layer mask); got {bad}")
-        if not layer_z.any():
-            raise ExportError("zs['layer_z'] removes every layer")
-        out["layer_z"] = layer_z
+            what = "layer" if key == "layer_z" else "sublayer"
+            raise ExportError(f"zs[{key!r}] must be 0 or 1 (a post-LayerNorm {what} cannot fold a soft "
+                              f"{what} mask); got {bad}")
+        out[key] = gate
+    if "layer_z" in out and not out["layer_z"].any():
+        raise ExportError("zs['layer_z'] removes every layer")
+    ones = torch.ones(n, device=device)
+    att = out.get("layer_z", ones) * out.get("head_layer_z", ones) * torch.tensor(
+        [float(layer.has_attention) for layer in layers], device=device)
+    ffn = out.get("layer_z", ones) * out.get("mlp_z", ones) * torch.tensor(
+        [float(layer.has_ffn) for layer in layers], device=device)
+    if not (att.any() or ffn.any()):
+        raise ExportError("the masks remove every layer (every attention and FFN sublayer)")
     return out
 
 
@@ -400,7 +416,8 @@ def _forward_masked(backbone, probe: Mapping[str, torch.Tensor], zs: Mapping[str
         zs = zs or {}
         return backbone(probe["input_ids"], probe["attention_mask"], token_type_ids=probe.get("token_type_ids"),
                         head_z=zs.get("head_z"), intermediate_z=zs.get("intermediate_z"),
-                        layer_z=zs.get("layer_z")).detach()
+                        layer_z=zs.get("layer_z"), head_layer_z=zs.get("head_layer_z"),
+                        mlp_z=zs.get("mlp_z")).detach()
     finally:
         backbone.train(was_training)
 
@@ -413,10 +430,13 @@ def _choose_layout(pruned, vanilla: bool) -> dict[str, Any]:
         raise ExportError(f"hidden size {shape.hidden_size} is not a multiple of the head size {shape.head_dim}")
     full_heads = shape.hidden_size // shape.head_dim
     stock_fits = (all(h == full_heads for h in shape.heads_per_layer) and len(set(shape.intermediate_per_layer)) <= 1
-                  and shape.has_pooler)
+                  and shape.has_pooler and not shape.has_removed_sublayers)
     if vanilla and not shape.has_pooler:
         raise ExportError("vanilla export needs the pooler (the stock BertModel/XLMRobertaModel/MPNetModel always "
                           "has one); export without vanilla=True")
+    if vanilla and shape.has_removed_sublayers:
+        raise ExportError("vanilla export cannot represent a removed attention / FFN sublayer (post-LayerNorm: zero "
+                          "weights give LayerNorm(x), not x); export without vanilla=True (modeling_pruned.py)")
     custom = not (vanilla or stock_fits)
     fam = family_of(cfg)
     config_class, model_class = ((fam.pruned_config_class, fam.pruned_model_class) if custom
@@ -494,6 +514,8 @@ def _build_config(pruned, shape: EncoderShape, layout: Mapping[str, Any]):
             intermediate_per_layer=list(shape.intermediate_per_layer),
             attention_head_size=shape.head_dim,
             has_pooler=shape.has_pooler,
+            **({"attention_kept_per_layer": list(shape.attention_kept_per_layer),
+                "ffn_kept_per_layer": list(shape.ffn_kept_per_layer)} if shape.has_removed_sublayers else {}),
             auto_map={"AutoConfig": f"{MODELING_FILE[:-3]}.{layout['config_class']}",
                       "AutoModel": f"{MODELING_FILE[:-3]}.{layout['model_class']}"},
         )
@@ -625,7 +647,7 @@ def _source_dir(base_model: str | None) -> Path | None:
 
 def _computed_info_keys() -> set[str]:
     return {"format_version", "base_model", "base_model_hub_id", "family", "export", "pooling", "normalize", "heads", "base_shape",
-            "target_shape", "achieved_shape", "exported_shape", "kept_layers", "kept_heads", "params",
+            "target_shape", "achieved_shape", "exported_shape", "kept_layers", "kept_heads", "kept_sublayers", "params",
             "kept_encoder_share", "verification", "usage"}
 
 
@@ -655,6 +677,8 @@ def _pruning_info(*, backbone, base_shape, pruned_shape, exported_shape, kept, l
         "exported_shape": exported_shape.to_dict(),
         "kept_layers": list(kept["kept_layers"]),
         "kept_heads": [list(h) for h in kept["kept_heads"]],
+        **({"kept_sublayers": {"attention": list(kept["attention_kept"]), "ffn": list(kept["ffn_kept"])}}
+           if "attention_kept" in kept else {}),
         "params": {"before": before.to_dict(), "after": after.to_dict(), "exported": exported.to_dict()},
         "kept_encoder_share": kept_share(base_shape, pruned_shape) if before.encoder_layers else None,
         "verification": verification,

@@ -15,6 +15,9 @@ read from the config:
 * ``relative_attention_heads_per_layer`` (MPNet): for each layer, the base-model index of each kept head.
   ``encoder.relative_attention_bias`` keeps one column per base head and is shared by all layers; a kept
   head adds the column of the head it was, so layers that kept different heads read different columns.
+* ``attention_kept_per_layer`` / ``ffn_kept_per_layer`` (optional, all true when absent): false where the
+  layer's whole attention (FFN) sublayer was removed. The layers are post-LayerNorm, and a removed sublayer
+  is an exact identity with no parameters at all (no weights, biases or LayerNorm): its width is 0.
 
 The classes subclass the stock ``BertModel`` / ``XLMRobertaModel`` / ``MPNetModel``. BERT and XLM-R layers
 only get resized Linear modules and head bookkeeping (``num_attention_heads``, ``attention_head_size``,
@@ -29,6 +32,19 @@ import warnings
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel, XLMRobertaConfig, XLMRobertaModel
+
+
+def kept_sublayers(config) -> tuple[list[bool], list[bool]]:
+    """``(attention_kept_per_layer, ffn_kept_per_layer)`` of a config (all true when absent), validated."""
+    n_layers = int(config.num_hidden_layers)
+    out = []
+    for name in ("attention_kept_per_layer", "ffn_kept_per_layer"):
+        flags = getattr(config, name, None)
+        flags = [True] * n_layers if flags is None else [bool(f) for f in flags]
+        if len(flags) != n_layers:
+            raise ValueError(f"config.{name} has {len(flags)} entries but num_hidden_layers is {n_layers}")
+        out.append(flags)
+    return out[0], out[1]
 
 
 def pruned_widths(config) -> tuple[int, list[int], list[int]]:
@@ -70,6 +86,27 @@ class NoHeadSelfAttention(nn.Module):
         return hidden_states.new_zeros(*hidden_states.shape[:-1], 0), None
 
 
+class RemovedAttention(nn.Module):
+    """A removed attention sublayer (residual and LayerNorm included): returns its input unchanged."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        return hidden_states, None
+
+
+class RemovedIntermediate(nn.Module):
+    """The intermediate half of a removed FFN sublayer: passes its input on to ``RemovedOutput``."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states
+
+
+class RemovedOutput(nn.Module):
+    """The output half of a removed FFN sublayer (dense, residual, LayerNorm): returns the attention output."""
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return input_tensor
+
+
 def _new_linear(in_features: int, out_features: int, **kwargs) -> nn.Linear:
     # A layer with no head / intermediate unit left has 0-row Linear layers; initialising them is a
     # harmless no-op that torch warns about.
@@ -88,11 +125,20 @@ def resize_layers(model: nn.Module) -> None:
     """Give every encoder layer of a stock BERT-family model the widths its config asks for (idempotent)."""
     config = model.config
     head_size, heads, inter = pruned_widths(config)
+    attention_kept, ffn_kept = kept_sublayers(config)
     d = config.hidden_size
     layers = model.encoder.layer
     if len(layers) != len(heads):
         raise ValueError(f"model has {len(layers)} layers, config.heads_per_layer has {len(heads)} entries")
-    for layer, n_heads, size in zip(layers, heads, inter):
+    for layer, n_heads, size, has_attention, has_ffn in zip(layers, heads, inter, attention_kept, ffn_kept):
+        if has_ffn:
+            layer.intermediate.dense = _linear(layer.intermediate.dense, d, size)
+            layer.output.dense = _linear(layer.output.dense, size, d)
+        else:
+            layer.intermediate, layer.output = RemovedIntermediate(), RemovedOutput()
+        if not has_attention:
+            layer.attention = RemovedAttention()
+            continue
         attention = layer.attention
         width = n_heads * head_size
         if n_heads == 0:
@@ -108,8 +154,6 @@ def resize_layers(model: nn.Module) -> None:
             sa.all_head_size = width
             sa.scaling = head_size ** -0.5
         attention.output.dense = _linear(attention.output.dense, width, d)
-        layer.intermediate.dense = _linear(layer.intermediate.dense, d, size)
-        layer.output.dense = _linear(layer.output.dense, size, d)
 
 
 class PrunedBertConfig(BertConfig):
@@ -209,16 +253,23 @@ def resize_mpnet_layers(model: nn.Module) -> None:
     if not len(layers) == len(heads) == len(per_layer):
         raise ValueError(f"model has {len(layers)} layers, config.heads_per_layer has {len(heads)} entries and "
                          f"config.relative_attention_heads_per_layer {len(per_layer)}")
+    attention_kept, ffn_kept = kept_sublayers(config)
     for i, (layer, n_heads, size, cols) in enumerate(zip(layers, heads, inter, per_layer)):
         if len(cols) != n_heads or any(not 0 <= c < n_base for c in cols):
             raise ValueError(f"config.relative_attention_heads_per_layer[{i}] = {cols} does not fit layer {i} "
                              f"({n_heads} heads, bias columns 0..{n_base - 1})")
+        if ffn_kept[i]:
+            layer.intermediate.dense = _linear(layer.intermediate.dense, d, size)
+            layer.output.dense = _linear(layer.output.dense, size, d)
+        else:
+            layer.intermediate, layer.output = RemovedIntermediate(), RemovedOutput()
+        if not attention_kept[i]:
+            layer.attention = RemovedAttention()
+            continue
         attn = layer.attention.attn
         if not (isinstance(attn, PrunedMPNetSelfAttention) and attn.bias_heads == cols
                 and attn.attention_head_size == head_size):
             layer.attention.attn = PrunedMPNetSelfAttention(d, head_size, cols, config.attention_probs_dropout_prob)
-        layer.intermediate.dense = _linear(layer.intermediate.dense, d, size)
-        layer.output.dense = _linear(layer.output.dense, size, d)
 
 
 class PrunedMPNetConfig(MPNetConfig):
@@ -242,4 +293,5 @@ class PrunedMPNetModel(MPNetModel):
 
 __all__ = ["PrunedBertConfig", "PrunedBertModel", "PrunedXLMRobertaConfig", "PrunedXLMRobertaModel",
            "PrunedMPNetConfig", "PrunedMPNetModel", "PrunedMPNetSelfAttention", "NoHeadSelfAttention",
-           "pruned_widths", "resize_layers", "resize_mpnet_layers"]
+           "RemovedAttention", "RemovedIntermediate", "RemovedOutput", "kept_sublayers", "pruned_widths",
+           "resize_layers", "resize_mpnet_layers"]

@@ -13,7 +13,7 @@ from ..training.losses import (cosent_loss, default_teacher_layers, embedding_di
                                self_distillation_loss, similarity_distillation_loss)
 from .heads import (COLBERT_FILE, SPARSE_FILE, ColbertHead, SparseHead, colbert_scores, dense_embedding,
                     lexical_matrix, special_token_ids)
-from .l0_module import ConfigError, L0Module, parse_target
+from .l0_module import SUBLAYER_MODULES, ConfigError, GlobalTarget, L0Module, parse_target
 from .loading import (ModelLoadError, check_tokenizer_matches, find_head_file, load_hf_model, load_linear_state,
                       st_max_seq_length)
 from .masked_encoder import MaskedBGEM3Backbone
@@ -302,10 +302,15 @@ class ComposerBGEM3(ComposerModel):
                                 "pooling": self.pooling}
         if self.l0_module is not None:
             t = self.l0_module.target
-            info["target_shape"] = {"n_layers": t.n_layers, "n_heads": t.n_heads,
-                                    "intermediate_size": t.intermediate_size}
+            report = self.l0_module.convergence_report()
+            if isinstance(t, GlobalTarget):
+                # No target shape (the widths are free): the target as given, and what the masks achieved.
+                info["global_target"] = {"given": dict(t.given), **report["global"]}
+            else:
+                info["target_shape"] = {"n_layers": t.n_layers, "n_heads": t.n_heads,
+                                        "intermediate_size": t.intermediate_size}
             info["pruning_modules"] = list(self.l0_module.pruning_modules)
-            info["convergence"] = self.l0_module.convergence_report()
+            info["convergence"] = report
         vocabulary = self.vocab_record or self.prior_pruning.get("vocabulary")
         if vocabulary:
             info["vocabulary"] = vocabulary
@@ -355,6 +360,11 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
     if cfg.stage == "prune":
         l0cfg = mcfg.l0_module
         target = parse_target(dict(l0cfg.target_model), backbone.shape, key="model.l0_module.target_model")
+        sublayers = [m for m in l0cfg.pruning_modules if m in SUBLAYER_MODULES]
+        if sublayers and bool(cfg.export.vanilla):
+            # A post-LN sublayer with zero weights is LayerNorm(x), not x: stock classes cannot hold a removed one.
+            raise ConfigError(f"export.vanilla: true cannot represent a removed attention / FFN sublayer (pruning "
+                              f"modules {sublayers}); export without vanilla (modeling_pruned.py) or drop them")
         l0 = L0Module(backbone.shape, target, pruning_modules=tuple(l0cfg.pruning_modules),
                       start_sparsity=float(l0cfg.start_sparsity),
                       lagrangian_warmup_steps=_steps(l0cfg.lagrangian_warmup_steps,

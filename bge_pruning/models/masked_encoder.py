@@ -16,7 +16,12 @@ Masks (LLM-Shearing's names):
   * ``head_z`` [L, H]: scales each head's context vector before ``attention.output.dense``;
   * ``intermediate_z`` [L, I]: scales the activations before ``output.dense``;
   * ``layer_z`` [L]: BERT/XLM-R are post-LayerNorm, so a layer is mixed with its input,
-    ``z * layer(x) + (1 - z) * x``; z = 0 is an exact identity and the layer can be dropped.
+    ``z * layer(x) + (1 - z) * x``; z = 0 is an exact identity and the layer can be dropped;
+  * ``head_layer_z`` / ``mlp_z`` [L] (CoFi's sublayer gates): the same interpolation around each whole
+    post-LN sublayer, residual and LayerNorm included: ``a = z_att * Attention(x) + (1 - z_att) * x``,
+    ``y = z_mlp * FFN_block(a) + (1 - z_mlp) * a``. z = 0 is an exact identity, so the sublayer (weights,
+    biases, LayerNorm) is removed on pruning. (CoFi scales the sublayer's output before its residual +
+    LayerNorm instead, which at z = 0 still applies the LayerNorm and so is not removable.)
 """
 from __future__ import annotations
 
@@ -215,16 +220,28 @@ class Intermediate(nn.Module):
 
 
 class Layer(nn.Module):
-    def __init__(self, config: Any, num_heads: int, head_dim: int, intermediate_size: int) -> None:
+    """One post-LN encoder layer; ``attention=False`` / ``ffn=False`` build it with that sublayer removed
+    (``None``: no parameters, an identity in forward)."""
+
+    def __init__(self, config: Any, num_heads: int, head_dim: int, intermediate_size: int,
+                 attention: bool = True, ffn: bool = True) -> None:
         super().__init__()
         d = config.hidden_size
-        self.attention = _ATTENTION[family_of(config).attention](d, num_heads, head_dim, config)
-        self.intermediate = Intermediate(d, intermediate_size, config.hidden_act)
-        self.output = SelfOutput(intermediate_size, d, config.layer_norm_eps, config.hidden_dropout_prob)
+        self.attention = _ATTENTION[family_of(config).attention](d, num_heads, head_dim, config) if attention else None
+        self.intermediate = Intermediate(d, intermediate_size, config.hidden_act) if ffn else None
+        self.output = SelfOutput(intermediate_size, d, config.layer_norm_eps, config.hidden_dropout_prob) if ffn else None
+
+    @property
+    def has_attention(self) -> bool:
+        return self.attention is not None
+
+    @property
+    def has_ffn(self) -> bool:
+        return self.output is not None
 
     @property
     def num_heads(self) -> int:
-        return self.attention.num_heads
+        return self.attention.num_heads if self.attention is not None else 0
 
     @property
     def head_dim(self) -> int:
@@ -232,15 +249,28 @@ class Layer(nn.Module):
 
     @property
     def intermediate_size(self) -> int:
-        return self.intermediate.dense.out_features
+        return self.intermediate.dense.out_features if self.intermediate is not None else 0
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, head_z: torch.Tensor | None = None,
-                intermediate_z: torch.Tensor | None = None) -> torch.Tensor:
-        a = self.attention(x, attn_mask, head_z)
+                intermediate_z: torch.Tensor | None = None, head_layer_z: torch.Tensor | None = None,
+                mlp_z: torch.Tensor | None = None) -> torch.Tensor:
+        if self.attention is None:  # removed: an identity
+            a = x
+        else:
+            a = self.attention(x, attn_mask, head_z)
+            if head_layer_z is not None:
+                z = head_layer_z.to(a.dtype)
+                a = z * a + (1 - z) * x
+        if self.output is None:
+            return a
         h = self.intermediate(a)
         if intermediate_z is not None:
             h = h * intermediate_z.to(h.dtype)
-        return self.output(h, a)
+        y = self.output(h, a)
+        if mlp_z is not None:
+            z = mlp_z.to(y.dtype)
+            y = z * y + (1 - z) * a
+        return y
 
 
 class Encoder(nn.Module):
@@ -248,8 +278,9 @@ class Encoder(nn.Module):
         super().__init__()
         with warnings.catch_warnings():  # a layer pruned to 0 heads/units has 0-row Linears; torch warns on init
             warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-            self.layer = nn.ModuleList(Layer(config, h, shape.head_dim, i)
-                                       for h, i in zip(shape.heads_per_layer, shape.intermediate_per_layer))
+            self.layer = nn.ModuleList(Layer(config, h, shape.head_dim, i, a, f) for h, i, a, f in zip(
+                shape.heads_per_layer, shape.intermediate_per_layer, shape.attention_kept_per_layer,
+                shape.ffn_kept_per_layer))
         self.relative_attention_bias = None
         if family_of(config).relative_attention_bias:
             self.relative_attention_bias = nn.Embedding(shape.relative_attention_buckets, shape.relative_attention_heads)
@@ -265,7 +296,8 @@ class Encoder(nn.Module):
                         heads.min() < 0 or heads.max() >= shape.relative_attention_heads)):
                     raise ValueError(f"config.relative_attention_heads_per_layer[{i}] = {heads.tolist()} does not "
                                      f"fit layer {i} ({layer.num_heads} heads of {shape.relative_attention_heads})")
-                layer.attention.attn.bias_heads = heads
+                if layer.attention is not None:  # a removed attention sublayer has no heads and reads no bias
+                    layer.attention.attn.bias_heads = heads
 
     def attention_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """What every layer's attention adds to its scores: BERT/XLM-R a boolean SDPA mask [B, 1, 1, T]
@@ -284,7 +316,8 @@ class Encoder(nn.Module):
         """The base head index of each kept head, per layer (MPNet), or None."""
         if self.relative_attention_bias is None:
             return None
-        return [layer.attention.attn.bias_heads.tolist() for layer in self.layer]
+        return [layer.attention.attn.bias_heads.tolist() if layer.attention is not None else []
+                for layer in self.layer]
 
 
 def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int = 32,
@@ -378,6 +411,8 @@ class MaskedBGEM3Backbone(nn.Module):
             has_pooler=self.pooler is not None,
             relative_attention_buckets=bias.num_embeddings if bias is not None else 0,
             relative_attention_heads=bias.embedding_dim if bias is not None else 0,
+            attention_kept_per_layer=tuple(layer.has_attention for layer in self.encoder.layer),
+            ffn_kept_per_layer=tuple(layer.has_ffn for layer in self.encoder.layer),
         )
 
     # ------------------------------------------------------------------ forward
@@ -390,6 +425,8 @@ class MaskedBGEM3Backbone(nn.Module):
         intermediate_z: MaskRows = None,
         layer_z: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        head_layer_z: torch.Tensor | None = None,
+        mlp_z: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Return ``last_hidden_state`` [B, T, d] (and every layer's output if asked)."""
         if attention_mask is None:
@@ -399,7 +436,7 @@ class MaskedBGEM3Backbone(nn.Module):
         x = self.embeddings(input_ids, token_type_ids)
         hidden_states = [x]
         for i, layer in enumerate(self.encoder.layer):
-            y = layer(x, attn_mask, _row(head_z, i), _row(intermediate_z, i))
+            y = layer(x, attn_mask, _row(head_z, i), _row(intermediate_z, i), _row(head_layer_z, i), _row(mlp_z, i))
             if layer_z is not None:
                 z = layer_z[i].to(y.dtype)
                 y = z * y + (1 - z) * x
@@ -412,42 +449,63 @@ class MaskedBGEM3Backbone(nn.Module):
     def prune_params(self, zs: Mapping[str, Any]) -> dict[str, Any]:
         """Remove masked-out heads, intermediate units and layers; fold kept mask values into weights.
 
-        ``zs`` holds deterministic masks (``head_z``, ``intermediate_z``, ``layer_z``; any may be
-        absent). After this call the plain forward equals the masked forward with these masks.
-        Layer mask values must be exactly 0 or 1: in a post-LN layer ``z*layer(x) + (1-z)*x`` cannot
-        be folded into weights for 0 < z < 1 (the L0 module's deterministic layer mask is binary).
-        Returns what was kept: ``{"kept_layers": [...], "kept_heads": [[...], ...]}`` (base indices).
+        ``zs`` holds deterministic masks (``head_z``, ``intermediate_z``, ``layer_z``, ``head_layer_z``,
+        ``mlp_z``; any may be absent). After this call the plain forward equals the masked forward with
+        these masks. Layer and sublayer mask values must be exactly 0 or 1: in a post-LN block
+        ``z*block(x) + (1-z)*x`` cannot be folded into weights for 0 < z < 1 (the L0 module's deterministic
+        layer and sublayer masks are binary). A sublayer with z = 0 is removed (weights, biases, LayerNorm);
+        a layer with both sublayers removed is an identity and is dropped like a layer with ``layer_z`` 0.
+        Returns what was kept: ``{"kept_layers": [...], "kept_heads": [[...], ...]}`` (base indices), plus
+        ``attention_kept`` / ``ffn_kept`` (one flag per kept layer) when sublayer masks were given.
         """
         layers = list(self.encoder.layer)
         n = len(layers)
-        head_z, int_z, layer_z = zs.get("head_z"), zs.get("intermediate_z"), zs.get("layer_z")
+        head_z, int_z = zs.get("head_z"), zs.get("intermediate_z")
         _check_rows(head_z, n, [layer.num_heads for layer in layers], "head_z")
         _check_rows(int_z, n, [layer.intermediate_size for layer in layers], "intermediate_z")
-        if layer_z is not None:
-            layer_z = torch.as_tensor(layer_z).float().flatten()
-            if layer_z.numel() != n:
-                raise ValueError(f"layer_z has {layer_z.numel()} entries, the model has {n} layers")
-            bad = [v for v in layer_z.tolist() if v not in (0.0, 1.0)]
-            if bad:
-                raise ValueError(f"layer_z must be 0 or 1 to prune a post-LayerNorm layer; got values {bad}")
+        layer_z, att_z, mlp_z = (_binary_gate(zs.get(k), n, k) for k in ("layer_z", "head_layer_z", "mlp_z"))
 
         kept_layers, kept_heads, new_layers = [], [], []
         for i, layer in enumerate(layers):
             if layer_z is not None and layer_z[i] == 0:
                 continue
-            heads = _prune_heads(layer, None if head_z is None else torch.as_tensor(head_z[i]).float())
-            if int_z is not None:
+            if att_z is not None and att_z[i] == 0:
+                layer.attention = None
+            if mlp_z is not None and mlp_z[i] == 0:
+                layer.intermediate = layer.output = None
+            if not (layer.has_attention or layer.has_ffn):
+                continue  # nothing left: the layer is an identity
+            heads = (_prune_heads(layer, None if head_z is None else torch.as_tensor(head_z[i]).float())
+                     if layer.has_attention else [])
+            if int_z is not None and layer.has_ffn:
                 _prune_intermediate(layer, torch.as_tensor(int_z[i]).float())
             kept_layers.append(i)
             kept_heads.append(heads)
             new_layers.append(layer)
         self.encoder.layer = nn.ModuleList(new_layers)
-        return {"kept_layers": kept_layers, "kept_heads": kept_heads}
+        kept: dict[str, Any] = {"kept_layers": kept_layers, "kept_heads": kept_heads}
+        if att_z is not None or mlp_z is not None:
+            kept["attention_kept"] = [layer.has_attention for layer in new_layers]
+            kept["ffn_kept"] = [layer.has_ffn for layer in new_layers]
+        return kept
 
 
 def _is_buffer_key(key: str) -> bool:
     # HF registers position_ids / token_type_ids as (non-persistent) buffers in some versions.
     return key.endswith("embeddings.position_ids") or key.endswith("embeddings.token_type_ids")
+
+
+def _binary_gate(z: Any, n_layers: int, name: str) -> torch.Tensor | None:
+    """A layer or sublayer mask as a flat float tensor, checked to be [n_layers] and exactly 0 or 1."""
+    if z is None:
+        return None
+    z = torch.as_tensor(z).float().flatten()
+    if z.numel() != n_layers:
+        raise ValueError(f"{name} has {z.numel()} entries, the model has {n_layers} layers")
+    bad = [v for v in z.tolist() if v not in (0.0, 1.0)]
+    if bad:
+        raise ValueError(f"{name} must be 0 or 1 to prune a post-LayerNorm block; got values {bad}")
+    return z
 
 
 def _check_rows(z: MaskRows, n_layers: int, widths: list[int], name: str) -> None:
