@@ -64,9 +64,9 @@ def test_sublayer_parameter_accounting_by_hand():
 
 
 # ----------------------------------------------------------------------------------------------- identity
-@pytest.mark.parametrize("which", ["xlmr", "minilm"])
-def test_removed_sublayer_is_exact_identity(which, tiny_xlmr_path, minilm_path):
-    model, tok = load(tiny_xlmr_path if which == "xlmr" else minilm_path)
+@pytest.mark.parametrize("which", ["xlmr", "minilm", "mpnet"])
+def test_removed_sublayer_is_exact_identity(which, tiny_xlmr_path, minilm_path, tiny_mpnet_path):
+    model, tok = load({"xlmr": tiny_xlmr_path, "minilm": minilm_path, "mpnet": tiny_mpnet_path}[which])
     batch = tok(TEXTS, padding=True, return_tensors="pt")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     L = len(model.encoder.layer)
@@ -82,7 +82,7 @@ def test_removed_sublayer_is_exact_identity(which, tiny_xlmr_path, minilm_path):
         assert torch.equal(hs[2], ffn_only)
         # FFN of layer 1 removed: layer 1's output is its attention output, exactly.
         _, hs = model(ids, mask, head_layer_z=one, mlp_z=zero, output_hidden_states=True)
-        attn = layer.attention(hs[1], mask.bool()[:, None, None, :], None)
+        attn = layer.attention(hs[1], model.encoder.attention_mask(mask), None)
         assert torch.equal(hs[2], attn)
         # Both removed: layer 1 returns its input bit for bit, and the layers before it are untouched.
         _, hs = model(ids, mask, head_layer_z=zero, mlp_z=zero, output_hidden_states=True)
@@ -112,11 +112,12 @@ def random_masks(L, H, I, seed):
     return {"head_z": head_z, "intermediate_z": int_z, "layer_z": layer, "head_layer_z": att, "mlp_z": ffn}
 
 
-@pytest.mark.parametrize("which", ["xlmr", "minilm"])
+@pytest.mark.parametrize("which", ["xlmr", "minilm", "mpnet"])
 def test_masked_equals_pruned_with_removed_sublayers(which, tmp_path, minilm_path):
-    from tiny_models import build_tiny_xlmr
+    from tiny_models import build_tiny_mpnet, build_tiny_xlmr
 
-    path = build_tiny_xlmr(tmp_path / "t", n_layers=6) if which == "xlmr" else minilm_path
+    path = {"xlmr": lambda: build_tiny_xlmr(tmp_path / "t", n_layers=6), "minilm": lambda: minilm_path,
+            "mpnet": lambda: build_tiny_mpnet(tmp_path / "t", n_layers=6)}[which]()
     model, tok = load(path)
     s = model.shape
     L, H, I = s.n_layers, s.heads_per_layer[0], s.intermediate_per_layer[0]
@@ -139,21 +140,22 @@ def test_masked_equals_pruned_with_removed_sublayers(which, tmp_path, minilm_pat
         assert shape.heads_per_layer[3] == int((zs["head_z"][4] != 0).sum())
         assert pruned.encoder.layer[0].attention is None  # weights, bias and LayerNorm gone
         assert count_params(shape).total == numel(pruned)
-        assert count_params(shape).encoder_layers == numel(pruned.encoder)
+        assert count_params(shape).encoder_layers == numel(pruned.encoder.layer)  # MPNet: bias table is not a layer's
     # The encoder rebuilt from the pruned shape has the same parameter names (a checkpoint reloads).
     rebuilt = MaskedBGEM3Backbone(pruned.config, shape)
     assert rebuilt.state_dict().keys() == pruned.state_dict().keys()
 
 
-@pytest.mark.parametrize("which", ["xlmr", "minilm"])
+@pytest.mark.parametrize("which", ["xlmr", "minilm", "mpnet"])
 def test_export_with_removed_sublayers_reloads_equal(which, tmp_path, minilm_path):
-    from tiny_models import build_tiny_xlmr
+    from tiny_models import build_tiny_mpnet, build_tiny_xlmr
 
-    path = build_tiny_xlmr(tmp_path / "t", n_layers=6) if which == "xlmr" else minilm_path
+    path = {"xlmr": lambda: build_tiny_xlmr(tmp_path / "t", n_layers=6), "minilm": lambda: minilm_path,
+            "mpnet": lambda: build_tiny_mpnet(tmp_path / "t", n_layers=6)}[which]()
     model, tok = load(path)
     s = model.shape
     zs = random_masks(s.n_layers, s.heads_per_layer[0], s.intermediate_per_layer[0], seed=3)
-    out = export_pruned_model(model, tmp_path / "export", tok, zs, pooling="mean" if which == "minilm" else "cls")
+    out = export_pruned_model(model, tmp_path / "export", tok, zs, pooling="cls" if which == "xlmr" else "mean")
     config = json.loads((out / "config.json").read_text())
     assert config["attention_kept_per_layer"] == [False, True, True, True]
     assert config["ffn_kept_per_layer"] == [True, False, True, True]

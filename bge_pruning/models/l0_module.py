@@ -21,6 +21,8 @@ Both warm the target sparsity up linearly from ``start_sparsity`` over ``lagrang
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -487,10 +489,9 @@ class L0Module(nn.Module):
         inter = ((zs["intermediate_z"] != 0).sum(-1) if "intermediate_z" in zs
                  else torch.full((L,), self.base.intermediate_per_layer[0]))
         keep = [i for i in range(L) if att_on[i] or ffn_on[i]]
-        return EncoderShape(hidden_size=self.base.hidden_size, head_dim=self.base.head_dim,
-                            heads_per_layer=tuple(int(heads[i]) if att_on[i] else 0 for i in keep),
-                            intermediate_per_layer=tuple(int(inter[i]) if ffn_on[i] else 0 for i in keep),
-                            vocab_size=self.base.vocab_size, max_position_embeddings=self.base.max_position_embeddings,
-                            type_vocab_size=self.base.type_vocab_size, has_pooler=self.base.has_pooler,
-                            attention_kept_per_layer=tuple(bool(att_on[i]) for i in keep),
-                            ffn_kept_per_layer=tuple(bool(ffn_on[i]) for i in keep))
+        # replace(): everything else (vocabulary, MPNet's bias table, ...) is the base's.
+        return dataclasses.replace(self.base,
+                                   heads_per_layer=tuple(int(heads[i]) if att_on[i] else 0 for i in keep),
+                                   intermediate_per_layer=tuple(int(inter[i]) if ffn_on[i] else 0 for i in keep),
+                                   attention_kept_per_layer=tuple(bool(att_on[i]) for i in keep),
+                                   ffn_kept_per_layer=tuple(bool(ffn_on[i]) for i in keep))
