@@ -464,3 +464,17 @@ def test_train_py_stops_on_a_bad_text_source_with_one_line(tmp_path, tiny_xlmr_p
     assert code == 2 and len(lines) == 1, err[-2000:]
     assert lines[0].startswith("error: " + message.format(f=bad)), lines[0]
     assert not (tmp_path / "model").exists()
+
+
+def test_layers_alive_follows_layer_and_sublayer_gates():
+    from bge_pruning.models.composer_bge_m3 import layers_alive
+
+    t = torch.tensor
+    assert layers_alive({}, 4) is None
+    assert layers_alive({"layer_z": t([1.0, 0.0, 0.3, 1.0])}, 4).tolist() == [True, False, True, True]
+    # A layer is an identity only when BOTH its sublayers are gated off.
+    zs = {"head_layer_z": t([0.0, 0.0, 1.0, 0.5]), "mlp_z": t([0.0, 1.0, 0.0, 0.0])}
+    assert layers_alive(zs, 4).tolist() == [False, True, True, True]
+    zs["layer_z"] = t([1.0, 1.0, 1.0, 0.0])
+    assert layers_alive(zs, 4).tolist() == [False, True, True, False]
+    assert layers_alive({"mlp_z": t([0.0, 1.0])}, 2).tolist() == [True, True]  # attention still there

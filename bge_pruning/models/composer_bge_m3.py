@@ -50,6 +50,25 @@ def needs_teacher(loss_cfg: Mapping[str, Any]) -> bool:
     return any(float(loss_cfg.get(k, 0) or 0) > 0 for k in TEACHER_LOSSES)
 
 
+def layers_alive(zs: Mapping[str, torch.Tensor], n_layers: int) -> torch.Tensor | None:
+    """Which student layers may be matched by ``loss.distill_layers``: not those a mask removed (CoFi), i.e. a
+    ``layer_z`` of 0, or both sublayer gates (``head_layer_z``, ``mlp_z``) at 0, which makes the layer an identity
+    of its input. None when no such mask is given (every layer is a candidate)."""
+    def on(key: str) -> torch.Tensor | None:
+        z = zs.get(key)
+        return z.detach() != 0 if torch.is_tensor(z) and z.dim() == 1 and z.numel() == n_layers else None
+
+    layer, att, mlp = on("layer_z"), on("head_layer_z"), on("mlp_z")
+    if layer is None and att is None and mlp is None:
+        return None
+    ref = next(z for z in (layer, att, mlp) if z is not None)
+    ones = torch.ones_like(ref)
+    alive = layer if layer is not None else ones
+    if att is not None or mlp is not None:
+        alive = alive & ((att if att is not None else ones) | (mlp if mlp is not None else ones))
+    return alive
+
+
 class _Frozen:
     """Holds the frozen teacher outside the module tree: not in checkpoints, the optimizer, or DDP/FSDP."""
 
@@ -162,9 +181,9 @@ class ComposerBGEM3(ComposerModel):
                "hidden": hidden}
         if layers is not None:
             out["layers"] = layers
-            layer_z = zs.get("layer_z")
-            if torch.is_tensor(layer_z) and layer_z.dim() == 1 and layer_z.numel() == len(layers):
-                out["layers_alive"] = layer_z.detach() != 0  # a removed layer is no candidate (CoFi)
+            alive = layers_alive(zs, len(layers))
+            if alive is not None:
+                out["layers_alive"] = alive
         if self.sparse_head is not None:
             out["sparse"] = lexical_matrix(self.sparse_head(hidden), ids, self.vocab_size, self.unused_token_ids)
         if self.colbert_head is not None:
