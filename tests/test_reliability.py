@@ -502,3 +502,28 @@ def test_gpu_prune_check_runs_tiny_on_cpu(tmp_path):
                                  b["intermediate_size"], b["vocab_size"], b["max_position_embeddings"],
                                  b["type_vocab_size"])
     assert count_params(shape).total == 567_754_752  # BAAI/bge-m3's parameter count
+
+
+def test_a_run_stopped_after_its_last_checkpoint_resumes_to_the_export(tmp_path, tiny_xlmr_path, capsys, caplog):
+    """Killed during the export (its last checkpoint is the final step): the same command with autoresume does not
+    train again (Composer's fit() would refuse, max_duration reached) and writes the export of those weights."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    config = write_config(tmp_path, tiny_xlmr_path, lambda c: c.update(run_name="ends"), max_duration="6ba",
+                          save_interval="6ba", autoresume=True, warmup="1ba")
+    code, err = run_main(capsys, config)
+    assert code == 0, err[-2000:]
+    export = Path(load_config(config).export.output_dir)
+    first = load_file(export / "model.safetensors")
+    info = json.loads((export / "pruning_info.json").read_text())
+    shutil.rmtree(export)  # as if the process died while exporting
+
+    caplog.clear()
+    code, err = run_main(capsys, config)
+    assert code == 0, err[-2000:]
+    assert any("resumed at the end of training (step 6 of 6ba)" in r.getMessage() for r in caplog.records)
+    again = load_file(export / "model.safetensors")
+    assert again.keys() == first.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert json.loads((export / "pruning_info.json").read_text())["training_steps"] == info["training_steps"] == 6

@@ -351,6 +351,12 @@ def _report_pairs(cfg: Any) -> list | None:
     return load_sts(s.source, s.get("split", "validation"), s.get("max_examples"))
 
 
+def training_finished(trainer: Any) -> bool:
+    """Whether the trainer's clock already reached ``max_duration`` (a run autoresumed from its final checkpoint)."""
+    max_duration = trainer.state.max_duration
+    return max_duration is not None and trainer.state.timestamp.get(max_duration.unit) >= max_duration
+
+
 def run(cfg: Any) -> dict[str, Any]:
     """Train (prune or finetune), then export the result as an HF directory; returns a summary."""
     started = time.time()
@@ -379,7 +385,14 @@ def _run(cfg: Any, out_dir: Path, started: float) -> dict[str, Any]:
         trainer.eval()
     start_step = int(trainer.state.timestamp.batch.value)  # > 0 when autoresumed from a checkpoint
     try:
-        trainer.fit()
+        if training_finished(trainer):
+            # Autoresumed from the last checkpoint of a run that was stopped after it (during the final eval or
+            # the export): nothing is left to train, and Composer's fit() would refuse; finish the export.
+            log.warning("resumed at the end of training (step %d of %s): nothing left to train; exporting",
+                        start_step, trainer.state.max_duration)
+            model.trained_steps = start_step
+        else:
+            trainer.fit()
     except torch.cuda.OutOfMemoryError as e:
         evaluating = trainer.state.dataloader_label not in (None, "train")
         raise TrainingOutOfMemoryError(out_of_memory_message(cfg, int(trainer.state.timestamp.batch.value) + 1, e,
