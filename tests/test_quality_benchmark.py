@@ -230,6 +230,13 @@ def test_stage_configs_validate(tmp_path):
     assert loaded.train.l0_lr == 0.5 and loaded.loss.distill_embedding == 2
     assert loaded.export.output_dir == str(run_dir / "model")
 
+    cfg = bq.stage_config("prune", "g", tmp_path / "g", name_or_path="embedded:all-MiniLM-L6-v2",
+                          teacher="embedded:all-MiniLM-L6-v2", pooling="mean", steps=40, seed=17,
+                          target_model={"share": 0.5}, pruning_modules=bq.GLOBAL_MODULES)
+    loaded = load_config(bq.write_config(cfg, tmp_path / "configs" / "g.yaml"))
+    assert dict(loaded.model.l0_module.target_model)["share"] == 0.5
+    assert list(loaded.model.l0_module.pruning_modules) == ["layer", "head", "intermediate", "head_layer", "mlp"]
+
     cfg = bq.stage_config("finetune", "l0_50_s17", tmp_path / "l0_50", name_or_path=str(run_dir / "model"),
                           teacher="embedded:all-MiniLM-L6-v2", pooling="mean", steps=20, seed=1017)
     loaded = load_config(bq.write_config(cfg, tmp_path / "configs" / "l0_50.yaml"))

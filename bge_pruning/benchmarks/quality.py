@@ -10,7 +10,8 @@ Every method gets the same data, losses and number of steps (N + M), from the te
 * ``l0_<t>``: ``stage: prune`` to the uniform shape of t% of the encoder-layer parameters that
   ``bge_pruning.shapes.candidate_shapes`` ranks first, N steps, then ``stage: finetune`` on its export, M steps;
 * ``l0_global_<t>``: the same with a global target (one Lagrangian on the expected parameter count; widths and
-  depth free per layer): ``model.l0_module.target_model: {share: t/100}``;
+  depth free per layer) and the sublayer gates: ``target_model: {share: t/100}``, ``pruning_modules: [layer, head,
+  intermediate, head_layer, mlp]``;
 * ``layer_drop_<t>_<rule>``: round(L * t / 100) of the base's layers (``bge_pruning.baselines``, rules ``ends``,
   ``bottom``, ``top``), then ``stage: finetune`` for N + M steps. L0 is compared with the BEST rule per metric.
 
@@ -55,6 +56,7 @@ LAYER_RULES = ("ends", "bottom", "top")  # bge_pruning.baselines.LAYER_RULES; a 
 MIN_STS_RETENTION = 98.0  # % of the base's STS-B dev Spearman
 MIN_RETRIEVAL_RETENTION = 95.0  # % of the base's SciFact nDCG@10
 CHECK_TARGET = 50
+GLOBAL_MODULES = ("layer", "head", "intermediate", "head_layer", "mlp")
 
 
 @dataclass(frozen=True)
@@ -263,7 +265,8 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 def stage_config(template: str, run: str, run_dir: Path, *, name_or_path: str, teacher: str, pooling: str,
                  steps: int, seed: int, batch_size: int | None = None, target_model: Mapping[str, Any] | None = None,
-                 warmup_frac: float = 0.2, overrides: Sequence[str] = ()) -> dict:
+                 pruning_modules: Sequence[str] | None = None, warmup_frac: float = 0.2,
+                 overrides: Sequence[str] = ()) -> dict:
     """A filled copy of ``configs/quality/<template>.yaml``: run name, seed, model, steps, output paths (and the
     target and Lagrangian warmup for a prune stage). The data and losses stay the template's."""
     import yaml
@@ -291,6 +294,8 @@ def stage_config(template: str, run: str, run_dir: Path, *, name_or_path: str, t
         if target_model is None:
             raise BenchmarkError("a prune stage needs a target")
         cfg["model"]["l0_module"]["target_model"] = dict(target_model)
+        if pruning_modules is not None:
+            cfg["model"]["l0_module"]["pruning_modules"] = list(pruning_modules)
         cfg["model"]["l0_module"]["lagrangian_warmup_steps"] = f"{max(1, int(round(steps * warmup_frac)))}ba"
         t["warmup"] = f"{min(20, max(1, steps // 10))}ba"
     for item in overrides:
@@ -492,10 +497,13 @@ def run_one(args, model: BaseModel, name: str, method: str, target: int, rule: s
         target_model = ({"share": target / 100} if method == "l0_global" else
                         {"n_layers": shape.n_layers, "n_heads": shape.n_heads,
                          "intermediate_size": shape.intermediate_size})
+        # The global search also gets the sublayer gates: depth, widths and whole attention / FFN blocks are free.
+        modules = GLOBAL_MODULES if method == "l0_global" else None
         prune_dir = out_dir / f"{tag}_prune"
         stages.append((f"{tag}_prune", prune_dir, stage_config(
             "prune", f"{tag}_prune", prune_dir, name_or_path=model.name_or_path, steps=args.steps_prune, seed=seed,
-            target_model=target_model, warmup_frac=args.lagrangian_warmup, overrides=args.prune_override, **common)))
+            target_model=target_model, pruning_modules=modules, warmup_frac=args.lagrangian_warmup,
+            overrides=args.prune_override, **common)))
         # Another seed for the finetune stage: a fresh shuffle of the data, not the prune stage's.
         stages.append((tag, final_dir, stage_config(
             "finetune", tag, final_dir, name_or_path=str(prune_dir / "model"), steps=args.steps_finetune,
