@@ -61,6 +61,10 @@ DEFAULTS: dict[str, Any] = {
         # chosen teacher layer pulls the closest student layer (order kept) through a learned D x D map
         "distill_layers": 0.0,
         "distill_layers_teacher": None,  # teacher layers (0-based outputs); None: 4 evenly spaced, last included
+        # teacher's BGE-M3 heads (its sparse_linear.pt / colbert_linear.pt on its own token states): MSE of the
+        # per-token lexical weights / of the colbert vectors, real tokens only (needs model.heads.sparse / colbert)
+        "distill_sparse": 0.0,
+        "distill_colbert": 0.0,
         "distill_temperature": 0.05,
     },
     "data": {

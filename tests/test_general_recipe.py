@@ -478,3 +478,75 @@ def test_layers_alive_follows_layer_and_sublayer_gates():
     zs["layer_z"] = t([1.0, 1.0, 1.0, 0.0])
     assert layers_alive(zs, 4).tolist() == [False, True, True, False]
     assert layers_alive({"mlp_z": t([0.0, 1.0])}, 2).tolist() == [True, True]  # attention still there
+
+
+# ---------------------------------------------------------------------------------------------- BGE-M3 head distillation
+def test_head_distillation_losses_by_hand():
+    from bge_pruning.training.losses import colbert_distillation_loss, token_weight_distillation_loss
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    s = torch.tensor([[1.0, 2.0, 3.0, 9.0], [0.5, 0.0, 7.0, 7.0]])
+    t = torch.tensor([[1.0, 1.0, 1.0, 0.0], [0.5, 1.0, 0.0, 0.0]])
+    # real tokens: squared errors 0, 1, 4 and 0, 1 -> 6 / 5
+    assert token_weight_distillation_loss(s, t, mask).item() == pytest.approx(6 / 5)
+    sv = torch.zeros(2, 3, 2)
+    tv = torch.zeros(2, 3, 2)
+    sv[0, 0] = torch.tensor([1.0, 0.0])
+    tv[0, 0] = torch.tensor([0.0, 1.0])  # distance^2 2, counted
+    sv[0, 2] = torch.tensor([5.0, 5.0])  # padding position (mask[0, 3] = 0): not counted
+    sv[1, 0] = torch.tensor([0.6, 0.8])
+    tv[1, 0] = torch.tensor([0.8, 0.6])  # distance^2 0.08, counted
+    # tokens after CLS: row 0 has 2 real ones, row 1 has 1 -> (2 + 0 + 0.08) / 3
+    assert colbert_distillation_loss(sv, tv, mask).item() == pytest.approx(2.08 / 3)
+
+
+def test_sparse_and_colbert_distillation_from_the_teachers_own_heads(tmp_path, tiny_xlmr_path):
+    from bge_pruning.data.collate import TextCollator
+    from bge_pruning.models.composer_bge_m3 import build_model
+
+    path = recipe_config(tmp_path, str(tiny_xlmr_path), loss={"distill_sparse": 1.0, "distill_colbert": 2.0})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["stage"] = "finetune"
+    cfg["model"]["heads"] = {"sparse": True, "colbert": True}
+    path.write_text(yaml.safe_dump(cfg))
+    model = build_model(load_config(path)).eval()
+    # The teacher's heads are frozen and outside the module tree: not trained, not in checkpoints.
+    assert not any("teacher" in k for k in model.state_dict())
+    assert all(p.requires_grad is False for h in model._teacher_heads.values() for p in h.module.parameters())
+    batch = TextCollator(model.tokenizer, 24)(["the cat sits on a mat.", "a dog runs.", "one red car and a bus."])
+    enc = batch["texts"]
+    with torch.no_grad():
+        parts = model.loss(model.forward(batch), batch)
+        # Student = teacher at the start (same weights, same head files): nothing to distil.
+        assert parts["distill_sparse"].item() == 0.0 and parts["distill_colbert"].item() == 0.0
+        model.sparse_head.linear.bias.add_(0.5)
+        model.colbert_head.linear.weight.mul_(-1.0)
+        parts = model.loss(model.forward(batch), batch)
+        hidden = model.backbone(enc["input_ids"], enc["attention_mask"])
+        t = model.teacher_encode(enc)
+        real = enc["attention_mask"].bool()
+        w_s = torch.relu(model.sparse_head.linear(hidden)).squeeze(-1)
+        expected_sparse = (w_s - t["token_weights"])[real].pow(2).mean()
+        c_s = model.colbert_head(hidden, enc["attention_mask"])
+        after_cls = real[:, 1:]
+        expected_colbert = (c_s - t["colbert"]).pow(2).sum(-1)[after_cls].mean()
+    assert expected_sparse.item() > 1e-3 and expected_colbert.item() > 1e-3
+    assert parts["distill_sparse"].item() == pytest.approx(expected_sparse.item(), rel=1e-5)
+    assert parts["distill_colbert"].item() == pytest.approx(2.0 * expected_colbert.item(), rel=1e-5)
+
+
+def test_head_distillation_needs_the_heads(tmp_path, tiny_xlmr_path):
+    from bge_pruning.models.composer_bge_m3 import build_model
+
+    path = recipe_config(tmp_path, str(tiny_xlmr_path), loss={"distill_sparse": 1.0})
+    with pytest.raises(ConfigError, match=r"loss.distill_sparse > 0 needs model.heads.sparse: true"):
+        build_model(load_config(path))
+    from tiny_models import build_tiny_xlmr
+
+    bare = build_tiny_xlmr(tmp_path / "bare")  # no sparse_linear.pt / colbert_linear.pt
+    path = recipe_config(tmp_path, str(bare), loss={"distill_colbert": 1.0})
+    cfg = yaml.safe_load(path.read_text())
+    cfg["model"]["heads"] = {"colbert": True}
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"loss.distill_colbert > 0 needs the teacher's colbert_linear.pt"):
+        build_model(load_config(path))

@@ -8,9 +8,10 @@ import torch
 from composer.models import ComposerModel
 from torchmetrics import Metric, SpearmanCorrCoef
 
-from ..training.losses import (cosent_loss, default_teacher_layers, embedding_distillation_loss,
-                               hidden_distillation_loss, info_nce_loss, layer_distillation_loss, off_diagonal,
-                               self_distillation_loss, similarity_distillation_loss)
+from ..training.losses import (colbert_distillation_loss, cosent_loss, default_teacher_layers,
+                               embedding_distillation_loss, hidden_distillation_loss, info_nce_loss,
+                               layer_distillation_loss, off_diagonal, self_distillation_loss,
+                               similarity_distillation_loss, token_weight_distillation_loss)
 from .heads import (COLBERT_FILE, SPARSE_FILE, ColbertHead, SparseHead, colbert_scores, dense_embedding,
                     lexical_matrix, special_token_ids)
 from .l0_module import SUBLAYER_MODULES, ConfigError, GlobalTarget, L0Module, parse_target
@@ -41,7 +42,10 @@ class InBatchMRR(Metric):
 
 
 # the loss.* weights that need a teacher
-TEACHER_LOSSES = ("distill_embedding", "distill_similarity", "distill_hidden", "distill_layers")
+TEACHER_LOSSES = ("distill_embedding", "distill_similarity", "distill_hidden", "distill_layers", "distill_sparse",
+                  "distill_colbert")
+# the head distillation losses: the teacher's own sparse / colbert head on the teacher's token states
+TEACHER_HEAD_LOSSES = {"distill_sparse": "sparse", "distill_colbert": "colbert"}
 # loss.* keys that are not weights (passed to ComposerBGEM3 separately)
 NON_WEIGHT_LOSS_KEYS = ("distill_layers_teacher",)
 
@@ -89,11 +93,12 @@ class ComposerBGEM3(ComposerModel):
                  l0_module: L0Module | None = None, teacher: MaskedBGEM3Backbone | None = None,
                  loss_cfg: Mapping[str, Any] | None = None, base_model: str = "",
                  prior_pruning: Mapping[str, Any] | None = None, teacher_layers: Sequence[int] | None = None,
-                 layer_map: bool | None = None) -> None:
+                 layer_map: bool | None = None, teacher_heads: Mapping[str, torch.nn.Module] | None = None) -> None:
         """``teacher_layers``: the teacher layers ``loss.distill_layers`` distils (0-based layer outputs; default
         :func:`default_teacher_layers`). ``layer_map``: whether the model has the learned student-to-teacher map
         of layer distillation (default: when ``loss.distill_layers > 0``; a checkpoint rebuilt without its teacher
-        keeps it so that its weights load)."""
+        keeps it so that its weights load). ``teacher_heads``: the teacher's frozen ``sparse`` / ``colbert`` heads
+        (its head files), which ``loss.distill_sparse`` / ``loss.distill_colbert`` need."""
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
@@ -103,6 +108,7 @@ class ComposerBGEM3(ComposerModel):
         self.colbert_head = colbert_head
         self.l0_module = l0_module
         self._teacher = _Frozen(teacher) if teacher is not None else None
+        self._teacher_heads = {k: _Frozen(v) for k, v in (teacher_heads or {}).items()}
         self.loss_cfg = dict(loss_cfg or {})
         self.base_model = base_model
         self.prior_pruning = dict(prior_pruning or {})  # pruning_info.json of a pruned model being finetuned
@@ -140,6 +146,12 @@ class ComposerBGEM3(ComposerModel):
             raise ConfigError("loss.distill_* > 0 needs a teacher model")
         if self._distill_layers_on() and self.layer_transformation is None:
             raise ConfigError("loss.distill_layers > 0 needs the layer map (layer_map=True)")
+        for key, head in TEACHER_HEAD_LOSSES.items():
+            if c.get(key, 0) > 0:
+                if getattr(self, f"{head}_head") is None:
+                    raise ConfigError(f"loss.{key} > 0 needs model.heads.{head}: true")
+                if self._teacher is not None and head not in self._teacher_heads:
+                    raise ConfigError(f"loss.{key} > 0 needs the teacher's {head} head")
 
     def _distill_layers_on(self) -> bool:
         return float(self.loss_cfg.get("distill_layers", 0) or 0) > 0
@@ -185,7 +197,8 @@ class ComposerBGEM3(ComposerModel):
             if alive is not None:
                 out["layers_alive"] = alive
         if self.sparse_head is not None:
-            out["sparse"] = lexical_matrix(self.sparse_head(hidden), ids, self.vocab_size, self.unused_token_ids)
+            out["token_weights"] = self.sparse_head(hidden)
+            out["sparse"] = lexical_matrix(out["token_weights"], ids, self.vocab_size, self.unused_token_ids)
         if self.colbert_head is not None:
             out["colbert"] = self.colbert_head(hidden, mask)
         return out
@@ -203,6 +216,11 @@ class ComposerBGEM3(ComposerModel):
         else:
             hidden = teacher(tokens["input_ids"], tokens["attention_mask"])
         out.update(hidden=hidden, dense=dense_embedding(hidden, tokens["attention_mask"], self.pooling, self.normalize))
+        device = tokens["input_ids"].device
+        if "sparse" in self._teacher_heads:
+            out["token_weights"] = self._teacher_heads["sparse"].to(device)(hidden)
+        if "colbert" in self._teacher_heads:
+            out["colbert"] = self._teacher_heads["colbert"].to(device)(hidden, tokens["attention_mask"])
         return out
 
     # ------------------------------------------------------------------ Composer interface
@@ -280,6 +298,12 @@ class ComposerBGEM3(ComposerModel):
             if c.get("distill_hidden", 0) > 0:
                 parts["distill_hidden"] = c["distill_hidden"] * per_view * sum(
                     hidden_distillation_loss(s["hidden"], t["hidden"], s["mask"]) for s, t in pairs)
+            if c.get("distill_sparse", 0) > 0:
+                parts["distill_sparse"] = c["distill_sparse"] * per_view * sum(
+                    token_weight_distillation_loss(s["token_weights"], t["token_weights"], s["mask"]) for s, t in pairs)
+            if c.get("distill_colbert", 0) > 0:
+                parts["distill_colbert"] = c["distill_colbert"] * per_view * sum(
+                    colbert_distillation_loss(s["colbert"], t["colbert"], s["mask"]) for s, t in pairs)
             if c.get("distill_layers", 0) > 0:
                 results = [layer_distillation_loss(s["layers"], t["layers"], s["mask"], self.teacher_layers,
                                                    s.get("layers_alive")) for s, t in pairs]
@@ -398,6 +422,7 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
 
         teacher_layers = OmegaConf.to_container(teacher_layers) if OmegaConf.is_config(teacher_layers) else teacher_layers
     teacher = None
+    teacher_heads: dict[str, torch.nn.Module] = {}
     if needs_teacher(lcfg):
         if with_teacher:
             teacher_path = mcfg.get("teacher") or _teacher_of(mcfg.name_or_path, cfg.stage)
@@ -409,16 +434,35 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
                 teacher = MaskedBGEM3Backbone.from_hf_model(teacher_hf)
                 _trim_teacher_vocab(teacher, _pruning_info(mcfg.name_or_path).get("vocabulary"), vocab_record,
                                     backbone.config.vocab_size)
+            teacher_heads = _teacher_heads(lcfg, teacher_path, d)
         else:
             loss_cfg.update({k: 0.0 for k in TEACHER_LOSSES})
     model = ComposerBGEM3(backbone, tokenizer, pooling=mcfg.pooling, normalize=bool(mcfg.normalize),
                           sparse_head=heads["sparse"], colbert_head=heads["colbert"], l0_module=l0, teacher=teacher,
                           loss_cfg=loss_cfg, base_model=_base_model_of(mcfg.name_or_path),
                           prior_pruning=_pruning_info(mcfg.name_or_path), teacher_layers=teacher_layers,
-                          layer_map=layer_map)
+                          layer_map=layer_map, teacher_heads=teacher_heads)
     model.vocab_record = vocab_record
     model.max_seq_length = st_max_seq_length(mcfg.name_or_path)  # kept by the export (256 for MiniLM)
     return model
+
+
+def _teacher_heads(lcfg: Any, teacher_path: str, hidden_size: int) -> dict[str, torch.nn.Module]:
+    """The teacher's own BGE-M3 heads for ``loss.distill_sparse`` / ``loss.distill_colbert``: its head files
+    (``sparse_linear.pt`` / ``colbert_linear.pt`` beside the teacher, as FlagEmbedding reads them)."""
+    heads: dict[str, torch.nn.Module] = {}
+    for key, name in TEACHER_HEAD_LOSSES.items():
+        if float(lcfg.get(key, 0) or 0) <= 0:
+            continue
+        cls, filename = (SparseHead, SPARSE_FILE) if name == "sparse" else (ColbertHead, COLBERT_FILE)
+        file = find_head_file(teacher_path, filename)
+        if file is None:
+            raise ConfigError(f"loss.{key} > 0 needs the teacher's {filename}, and {teacher_path} has none: without "
+                              f"it there is no {name} output to distil (set loss.{key}: 0)")
+        head = cls(hidden_size)
+        load_linear_state(head.linear, file)
+        heads[name] = head
+    return heads
 
 
 def _check_text_sources(cfg: Any, lcfg: Any) -> None:

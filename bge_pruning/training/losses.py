@@ -163,3 +163,21 @@ def layer_distillation_loss(student_layers: list[torch.Tensor], teacher_layers: 
     alignment = layer_alignment(costs, student_alive)
     loss = sum(masked_mse(student_layers[a], teacher_layers[t], mask) for t, a in zip(teacher_indices, alignment))
     return loss, alignment
+
+
+def token_weight_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE between per-token sparse (lexical) weights [B, T] of student and teacher, over real tokens (mask [B, T]).
+
+    BGE-M3's lexical weights are ``relu(sparse_linear(h))`` per token; matching them token by token keeps the sparse
+    scores of the pruned model close to the base's for any text, not only for the pairs of a training set.
+    """
+    keep = mask.to(student.dtype)
+    return ((student - teacher).pow(2) * keep).sum() / keep.sum().clamp(min=1)
+
+
+def colbert_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Squared distance between the L2-normalised colbert vectors [B, T-1, D] of student and teacher (tokens after
+    CLS, as BGE-M3's ``colbert_linear``), summed over D and averaged over real tokens (``mask`` is the [B, T]
+    attention mask, CLS included)."""
+    keep = mask[:, 1:].to(student.dtype)
+    return ((student - teacher).pow(2).sum(-1) * keep).sum() / keep.sum().clamp(min=1)
