@@ -16,6 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from .models.l0_module import ConfigError
 
+# The dtypes an export can be saved in (bge_pruning.export.hf_export.EXPORT_DTYPES, kept light here so a bad
+# value is refused before torch or any model loads).
+EXPORT_DTYPES = ("float32", "float16", "bfloat16")
+
 REQUIRED = "???"  # OmegaConf's marker for a value the user must give
 FREE = {"__free__": True}  # a mapping whose keys are not validated (passed through to a library)
 
@@ -108,6 +112,7 @@ DEFAULTS: dict[str, Any] = {
         "output_dir": "experiments/{run_name}/model",
         "vanilla": False,
         "overwrite": False,
+        "dtype": "float32",  # float32 | float16 | bfloat16: the saved weights' dtype (verified against float32)
     },
     # Composer loggers and monitors, as llm-foundry's: each entry's mapping is passed to the class as keyword
     # arguments, e.g. loggers: {tensorboard: {log_dir: runs/x}}, callbacks: {lr_monitor: {}}.
@@ -252,6 +257,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None, required: 
             raise ConfigError(f"{path}: missing required config key(s): {', '.join(missing)}")
     if cfg.stage not in ("prune", "finetune"):
         raise ConfigError(f"{path}: stage must be 'prune' or 'finetune', got {cfg.stage!r}")
+    if cfg.export.dtype not in EXPORT_DTYPES:
+        on_cli = isinstance(cli.get("export"), dict) and "dtype" in cli["export"]
+        where = "command line" if on_cli else (f"{path}:{lines['export.dtype']}" if "export.dtype" in lines else str(path))
+        raise ConfigError(f"{where}: export.dtype must be one of {', '.join(EXPORT_DTYPES)}, got {cfg.export.dtype!r}")
     if cfg.run_name is None:
         cfg.run_name = default_run_name(cfg, path)
     return cfg

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """Export a pruning/finetuning Composer checkpoint as a verified HuggingFace model directory.
 
-    python scripts/extract_pruned_model.py CHECKPOINT OUT_DIR [--vanilla] [--overwrite]
+    python scripts/extract_pruned_model.py CHECKPOINT OUT_DIR [--vanilla] [--overwrite] [--dtype float16]
 
 The directory loads with ``transformers.AutoModel`` (``trust_remote_code=True`` unless --vanilla or
 nothing inside the kept layers was pruned), ``sentence_transformers.SentenceTransformer`` and
 FlagEmbedding's ``BGEM3FlagModel``; ``pruning_info.json`` records what was kept and the parameter
-counts. The export is checked against the masked model before it is moved into OUT_DIR; an existing
+counts. ``--dtype float16|bfloat16`` saves the weights (and BGE-M3 head files) at half the size; the reloaded
+half-precision model is checked against the float32 masked model within that dtype's tolerance (recorded in
+``pruning_info.json``). The export is checked against the masked model before it is moved into OUT_DIR; an existing
 non-empty OUT_DIR is only replaced with --overwrite.
 
 Checkpoints are pickles. This tool loads them with ``torch.load(weights_only=True)`` and an allow-list of
@@ -34,9 +36,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="zero-pad pruned heads / intermediate units back to a stock BertModel/XLMRobertaModel "
                         "shape (no remote code needed; a few more parameters, same outputs)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it already holds a model")
+    # Checked in main() rather than with choices=, so a bad value is one error: line (argparse adds a usage line).
+    p.add_argument("--dtype", default="float32", metavar="{" + ",".join(EXPORT_DTYPES) + "}",
+                   help="dtype of the saved weights (default float32); float16/bfloat16 halve the files and are "
+                        "verified against the float32 model within the dtype's tolerance")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run modeling code from the run's base_model/ even when it is not this project's own")
     return p
+
+
+EXPORT_DTYPES = ("float32", "float16", "bfloat16")  # bge_pruning.config.EXPORT_DTYPES (not imported: see main)
 
 
 def _error(message: str, code: int = 2) -> int:
@@ -46,6 +55,8 @@ def _error(message: str, code: int = 2) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.dtype not in EXPORT_DTYPES:  # before torch and the checkpoint load
+        return _error(f"--dtype must be one of {', '.join(EXPORT_DTYPES)}, got {args.dtype!r}")
     from bge_pruning.export import ExportError, export_composer_model
     from bge_pruning.export.hf_export import check_export_target
 
@@ -84,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return _error(f"could not load the checkpoint {args.checkpoint}: {type(exc).__name__}: {exc}")
 
     try:
-        path = export_composer_model(model, out_dir, vanilla=args.vanilla, overwrite=args.overwrite)
+        path = export_composer_model(model, out_dir, vanilla=args.vanilla, overwrite=args.overwrite, dtype=args.dtype)
     except ExportError as exc:
         return _error(f"export failed, {out_dir} was not changed: {exc}", 1)
 
@@ -99,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
           f"(encoder layers {params['before']['encoder_layers']:,} -> {params['after']['encoder_layers']:,})"
           + (f", {info['export']['padded_params']:,} zero padding" if info["export"]["padded_params"] else ""))
     print(f"  class: {info['export']['class']}  trust_remote_code: {info['export']['trust_remote_code']}  "
-          f"max abs diff vs masked model: {info['verification']['max_abs_diff']:.2e}")
+          f"max abs diff vs masked model: {info['verification']['max_abs_diff']:.2e}"
+          + (f" (saved in {args.dtype}, atol {info['verification']['atol']:.1e})" if args.dtype != "float32" else ""))
     return 0
 
 

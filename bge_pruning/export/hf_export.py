@@ -21,6 +21,10 @@ Three layouts:
   = 0) has no such representation: the layers are post-LayerNorm, so a sublayer with zero weights computes
   LayerNorm(x), not x. Vanilla export of such a model is refused (``ExportError``); the custom layout
   (``attention_kept_per_layer`` / ``ffn_kept_per_layer`` in ``config.json``) exports it exactly.
+
+``dtype`` (``float32`` by default, ``float16``, ``bfloat16``) is the dtype the weights and head files are saved
+in. Pruning, mask folding and the reference stay float32; the reload check loads the saved file in its own
+dtype and compares it with that float32 reference within the dtype's tolerance (``DEFAULT_ATOL``).
 """
 from __future__ import annotations
 
@@ -53,6 +57,18 @@ PRUNING_INFO_FILE = "pruning_info.json"
 WEIGHTS_FILE = "model.safetensors"
 ZS_KEYS = ("head_z", "intermediate_z", "layer_z", "head_layer_z", "mlp_z")
 GATE_KEYS = ("layer_z", "head_layer_z", "mlp_z")  # binary per-layer gates around post-LN blocks
+
+# The dtypes an export can be saved in (``export.dtype`` / ``--dtype``).
+EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Reload-check tolerance per saved dtype: max |hidden state - float32 reference| on the real tokens of the probe
+# batch, the reloaded model computing in the saved dtype. The hidden states are post-LayerNorm outputs, O(1)
+# (max |h| 6.7 on MiniLM, 3.9 on the tiny XLM-R); float32 differs only by summation order (<= 3.3e-6 measured).
+# Measured on CPU (torch 2.7), default / vanilla layouts: float16 6.9e-3 / 8.4e-3 (MiniLM), 7.1e-3 (tiny XLM-R);
+# bfloat16 6.6e-2 (MiniLM), 6.2e-2 (tiny XLM-R), i.e. one to two units of the dtype's rounding (2^-10, 2^-7)
+# times the hidden-state scale. The tolerances are 3x the worst of these, and stay well below a real error:
+# dropping any one kept layer moves the hidden states by >= 0.65 (3x the bfloat16, 26x the float16 tolerance),
+# dropping one MiniLM head by >= 0.15 (caught in float16; bfloat16 is too coarse to see one head).
+DEFAULT_ATOL = {"float32": 1e-4, "float16": 2.5e-2, "bfloat16": 2e-1}
 
 DEFAULT_PROBE_TEXTS = (
     "Hello world.",
@@ -89,8 +105,9 @@ def export_pruned_model(
     overwrite: bool = False,
     info: Mapping[str, Any] | None = None,
     probe_texts: Sequence[str] | None = None,
-    atol: float = 1e-4,
+    atol: float | None = None,
     max_seq_length: int | None = None,
+    dtype: str = "float32",
 ) -> Path:
     """Prune a copy of ``backbone`` with ``zs`` and write a verified model directory to ``out_dir``.
 
@@ -98,10 +115,16 @@ def export_pruned_model(
     (``head_z`` [L, H], ``intermediate_z`` [L, I], ``layer_z`` [L]); ``None`` exports the backbone as
     it is. ``max_seq_length`` is the source model's sentence-transformers limit (all-MiniLM-L6-v2's 256):
     kept so the export embeds long texts as the base did; without it, the tokenizer's and the position
-    embeddings' limit. Returns the final directory. Raises ``ExportError`` (target untouched, no temporary
-    directory left) when an argument is invalid or any check fails.
+    embeddings' limit. ``dtype`` (``EXPORT_DTYPES``) is the dtype the weights and head files are saved in;
+    ``atol`` is the reload check's tolerance against the float32 masked model (default: ``DEFAULT_ATOL[dtype]``;
+    the pruned-forward check, float32 on both sides, always uses the float32 one). Returns the final directory.
+    Raises ``ExportError`` (target untouched, no temporary directory left) when an argument is invalid or any
+    check fails.
     """
     out_dir = Path(os.path.abspath(os.fspath(out_dir)))
+    dtype = export_dtype_name(dtype)
+    if atol is None:
+        atol = DEFAULT_ATOL[dtype]
     _check_arguments(backbone, tokenizer, pooling, sparse_head, colbert_head, atol)
     info_json = _jsonable(dict(info or {}), "info")
     _check_info_keys(info_json, pooling, normalize)
@@ -110,7 +133,8 @@ def export_pruned_model(
     zs_rows = _validate_zs(zs, backbone)
     stage = "preparing the export"
     try:
-        prepared = _prepare(backbone, tokenizer, zs_rows, probe_texts, vanilla, atol)
+        prepared = _prepare(backbone, tokenizer, zs_rows, probe_texts, vanilla,
+                            atol if dtype == "float32" else DEFAULT_ATOL["float32"], EXPORT_DTYPES[dtype])
     except ExportError:
         raise
     except Exception as exc:  # an unexpected failure before anything is written
@@ -118,9 +142,10 @@ def export_pruned_model(
     probe, reference, kept, pruned_diff = (prepared["probe"], prepared["reference"], prepared["kept"],
                                            prepared["pruned_diff"])
     base_shape, pruned_shape, exported_shape = prepared["base_shape"], prepared["pruned_shape"], prepared["exported_shape"]
-    layout, state, config, dtype, base_config = (prepared["layout"], prepared["state"], prepared["config"],
-                                                 prepared["dtype"], prepared["base_config"])
+    layout, state, config, torch_dtype, base_config = (prepared["layout"], prepared["state"], prepared["config"],
+                                                       prepared["dtype"], prepared["base_config"])
     layout["source_dtype"] = str(prepared["source_dtype"]).replace("torch.", "")
+    layout["dtype"] = dtype
     needed = sum(t.numel() * t.element_size() for t in state.values())
     del prepared
 
@@ -141,24 +166,25 @@ def export_pruned_model(
         tokenizer.save_pretrained(str(tmp))
         write_wordpiece_vocab_txt(tmp)
         stage = "writing the head files"
-        heads_info = _write_heads(tmp, sparse_head, colbert_head)
+        heads_info = _write_heads(tmp, sparse_head, colbert_head, dtype)
         stage = "writing the sentence-transformers files"
         _write_sentence_transformers(tmp, base_config, tokenizer, pooling, normalize, max_seq_length)
 
         stage = "reloading the export"
-        reload_diff, n_reloaded = _verify_reload(tmp, layout, probe, reference, dtype,
+        reload_diff, n_reloaded = _verify_reload(tmp, layout, probe, reference, torch_dtype,
                                                  next(backbone.parameters()).device, exported_shape, atol)
         stage = "checking the head files"
         if sparse_head is not None:
-            check_head_file(tmp / SPARSE_FILE, sparse_head, "sparse head")
+            check_head_file(tmp / SPARSE_FILE, sparse_head, "sparse head", dtype)
         if colbert_head is not None:
-            check_head_file(tmp / COLBERT_FILE, colbert_head, "colbert head")
+            check_head_file(tmp / COLBERT_FILE, colbert_head, "colbert head", dtype)
 
         stage = "writing pruning_info.json"
         pruning_info = _pruning_info(
             backbone=backbone, base_shape=base_shape, pruned_shape=pruned_shape, exported_shape=exported_shape,
             kept=kept, layout=layout, pooling=pooling, normalize=normalize, heads_info=heads_info,
-            verification={"max_abs_diff": reload_diff, "pruned_forward_max_abs_diff": pruned_diff, "atol": atol,
+            verification={"dtype": dtype, "max_abs_diff": reload_diff, "pruned_forward_max_abs_diff": pruned_diff,
+                          "atol": atol,
                           "probe_texts": len(probe["input_ids"]),
                           "real_tokens": int(probe["attention_mask"].sum())},
             info=info_json)
@@ -190,12 +216,14 @@ def export_pruned_model(
     return out_dir
 
 
-def _prepare(backbone, tokenizer, zs_rows, probe_texts, vanilla: bool, atol: float) -> dict[str, Any]:
+def _prepare(backbone, tokenizer, zs_rows, probe_texts, vanilla: bool, atol: float,
+             dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Reference output, pruned copy (checked against it), export layout, state dict and config.
 
-    Everything is computed on a float32 copy (the backbone itself is never touched) and exported in
-    float32: folding soft mask values into half-precision weights would round them, and a half-precision
-    reference would hide real differences behind rounding noise.
+    Everything is computed on a float32 copy (the backbone itself is never touched): folding soft mask
+    values into half-precision weights would round them twice, and a half-precision reference would hide
+    real differences behind rounding noise. Only the finished state dict is cast to ``dtype`` (the saved
+    weights are then the float32 pruned weights rounded once).
     """
     texts = list(probe_texts) if probe_texts is not None else list(DEFAULT_PROBE_TEXTS)
     probe = _probe_batch(tokenizer, backbone, texts)
@@ -219,14 +247,18 @@ def _prepare(backbone, tokenizer, zs_rows, probe_texts, vanilla: bool, atol: flo
 
     layout = _choose_layout(work, vanilla)
     state, exported_shape = _export_state_dict(work, vanilla)
+    if dtype != torch.float32:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     return {"probe": probe, "reference": reference, "kept": kept, "pruned_diff": pruned_diff,
             "base_shape": base_shape, "pruned_shape": work.shape, "exported_shape": exported_shape,
-            "layout": layout, "state": state, "config": _build_config(work, exported_shape, layout),
-            "dtype": torch.float32, "source_dtype": source_dtype, "base_config": work.config}
+            "layout": layout, "state": state, "config": _build_config(work, exported_shape, layout, dtype),
+            "dtype": dtype, "source_dtype": source_dtype, "base_config": work.config}
 
 
-def export_composer_model(model: Any, out_dir: str | Path, vanilla: bool = False, overwrite: bool = False) -> Path:
-    """Export a trained ``ComposerBGEM3`` (backbone, L0 masks, heads, pooling, tokenizer, export_info)."""
+def export_composer_model(model: Any, out_dir: str | Path, vanilla: bool = False, overwrite: bool = False,
+                          dtype: str = "float32") -> Path:
+    """Export a trained ``ComposerBGEM3`` (backbone, L0 masks, heads, pooling, tokenizer, export_info), its weights
+    saved in ``dtype`` (``EXPORT_DTYPES``)."""
     missing = [a for a in ("backbone", "l0_module", "sparse_head", "colbert_head", "pooling", "normalize",
                            "tokenizer", "export_info") if not hasattr(model, a)]
     if missing:
@@ -239,7 +271,8 @@ def export_composer_model(model: Any, out_dir: str | Path, vanilla: bool = False
         model.backbone, out_dir, model.tokenizer, zs,
         pooling=model.pooling, normalize=bool(model.normalize),
         sparse_head=model.sparse_head, colbert_head=model.colbert_head,
-        vanilla=vanilla, overwrite=overwrite, info=info, max_seq_length=getattr(model, "max_seq_length", None))
+        vanilla=vanilla, overwrite=overwrite, info=info, max_seq_length=getattr(model, "max_seq_length", None),
+        dtype=dtype)
 
 
 def check_export_target(out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -248,6 +281,15 @@ def check_export_target(out_dir: str | Path, overwrite: bool = False) -> Path:
     _check_target(out_dir, overwrite)
     _check_writable(out_dir.parent)
     return out_dir
+
+
+def export_dtype_name(dtype: Any) -> str:
+    """``dtype`` (a name of ``EXPORT_DTYPES`` or the torch dtype) as its name; ``ExportError`` listing the choices
+    for anything else."""
+    for name, value in EXPORT_DTYPES.items():
+        if dtype == name or dtype is value:
+            return name
+    raise ExportError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
 
 
 def modeling_source() -> str:
@@ -492,7 +534,7 @@ def _pad(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     return out
 
 
-def _build_config(pruned, shape: EncoderShape, layout: Mapping[str, Any]):
+def _build_config(pruned, shape: EncoderShape, layout: Mapping[str, Any], dtype: torch.dtype = torch.float32):
     base = pruned.config
     values = base.to_dict() if hasattr(base, "to_dict") else dict(vars(base))
     for key in _CONFIG_DROP:
@@ -528,7 +570,7 @@ def _build_config(pruned, shape: EncoderShape, layout: Mapping[str, Any]):
 
         config_cls = getattr(transformers, layout["config_class"])
     config = config_cls(**values)
-    config.dtype = torch.float32
+    config.dtype = dtype  # written to config.json as transformers writes it; dtype="auto" loads the file's dtype
     return config
 
 
@@ -542,11 +584,14 @@ def _write_model_files(tmp: Path, config, state: Mapping[str, torch.Tensor], lay
         (tmp / MODELING_FILE).write_text(modeling_source())
 
 
-def _write_heads(tmp: Path, sparse_head, colbert_head) -> dict[str, Any]:
+def _write_heads(tmp: Path, sparse_head, colbert_head, dtype: str = "float32") -> dict[str, Any]:
+    """The BGE-M3 head files, in the export's dtype (FlagEmbedding's ``load_state_dict`` casts them to the dtype
+    it computes in)."""
     out: dict[str, Any] = {"sparse": sparse_head is not None, "colbert": colbert_head is not None}
+    to = EXPORT_DTYPES[dtype]
     for head, name in ((sparse_head, SPARSE_FILE), (colbert_head, COLBERT_FILE)):
         if head is not None:
-            torch.save({k: v.detach().cpu().clone() for k, v in head.linear.state_dict().items()}, tmp / name)
+            torch.save({k: v.detach().cpu().to(to).clone() for k, v in head.linear.state_dict().items()}, tmp / name)
     if colbert_head is not None:
         out["colbert_dim"] = colbert_head.linear.out_features
     return out
@@ -626,7 +671,8 @@ def _verify_reload(tmp: Path, layout, probe, reference, dtype, device, exported_
         with torch.no_grad():
             out = model(**probe).last_hidden_state
         diff = max_abs_diff_on_tokens(out, reference, probe["attention_mask"])
-        check_close("reload check (AutoModel last_hidden_state vs masked backbone)", diff, atol)
+        what = "" if dtype == torch.float32 else f" ({str(dtype).replace('torch.', '')}) vs the float32"
+        check_close(f"reload check (AutoModel last_hidden_state{what or ' vs'} masked backbone)", diff, atol)
         return diff, n_params
     finally:
         del model
@@ -657,6 +703,12 @@ def _pruning_info(*, backbone, base_shape, pruned_shape, exported_shape, kept, l
     custom = layout["custom"]
     trc = ", trust_remote_code=True" if custom else ""
     flag_args = f"pooling_method={pooling!r}, normalize_embeddings={bool(normalize)}{trc}"
+    dtype = layout.get("dtype", "float32")
+    # transformers 5 loads with dtype="auto" (config.json's dtype), so a half-precision export loads as such;
+    # FlagEmbedding instead casts to what use_fp16 / use_bf16 say (its default use_fp16=True).
+    flag_args += {"float32": "", "float16": ", use_fp16=True", "bfloat16": ", use_fp16=False, use_bf16=True"}[dtype]
+    half = ("" if dtype == "float32" else
+            f"  # {dtype} weights, loaded as {dtype}; add dtype=torch.float32 to compute in float32")
     if heads_info.get("colbert") and heads_info.get("colbert_dim") != pruned_shape.hidden_size:
         flag_args += f", colbert_dim={heads_info['colbert_dim']}"
     result: dict[str, Any] = {
@@ -665,7 +717,7 @@ def _pruning_info(*, backbone, base_shape, pruned_shape, exported_shape, kept, l
         "family": layout["family"],
         "export": {"class": layout["model_class"], "config_class": layout["config_class"],
                    "model_type": "pruned-" + layout["family"] if custom else layout["family"],
-                   "trust_remote_code": custom, "vanilla": layout["vanilla"], "dtype": "float32",
+                   "trust_remote_code": custom, "vanilla": layout["vanilla"], "dtype": layout["dtype"],
                    "source_dtype": layout.get("source_dtype"),
                    "padded_params": exported.total - after.total},
         "pooling": pooling,
@@ -683,8 +735,10 @@ def _pruning_info(*, backbone, base_shape, pruned_shape, exported_shape, kept, l
         "kept_encoder_share": kept_share(base_shape, pruned_shape) if before.encoder_layers else None,
         "verification": verification,
         "usage": {
-            "transformers": f"AutoModel.from_pretrained(path{trc})",
-            "sentence_transformers": f"SentenceTransformer(path{trc})",
+            "transformers": f"AutoModel.from_pretrained(path{trc}){half}",
+            "sentence_transformers": (f"SentenceTransformer(path{trc})" if not half else
+                                      f"SentenceTransformer(path{trc}, model_kwargs={{'dtype': torch.float32}}) "
+                                      f"# without model_kwargs it computes in {dtype}"),
             "flag_embedding": (f"BGEM3FlagModel(path, {flag_args})"
                                + ("" if heads_info.get("sparse") and heads_info.get("colbert") else
                                   "; dense only: this export has no sparse/colbert head files, and FlagEmbedding "

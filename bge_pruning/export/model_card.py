@@ -89,6 +89,16 @@ def render(info: Mapping[str, Any], source_dir: Path | None) -> str:
     if trc:
         lines += ["This export keeps fewer heads in some layers and ships `modeling_pruned.py`, which "
                   "`trust_remote_code=True` executes. A `--vanilla` export loads with stock classes instead.", ""]
+    dtype = info["export"].get("dtype", "float32")
+    if dtype != "float32":
+        ver = info.get("verification") or {}
+        measured = (f" (max abs diff of the last hidden states {ver['max_abs_diff']:.1e}, tolerance {ver['atol']:g})"
+                    if isinstance(ver.get("max_abs_diff"), (int, float)) and isinstance(ver.get("atol"), (int, float))
+                    else "")
+        lines += [f"The weights are stored in {dtype} (half the size of float32) and load as {dtype} by default; "
+                  f"pass `model_kwargs={{\"dtype\": torch.float32}}` (SentenceTransformer) or `dtype=torch.float32` "
+                  f"(AutoModel) to compute in float32. The {dtype} model was checked against the float32 pruned "
+                  f"model{measured}.", ""]
     lines += [f"FlagEmbedding: `{info['usage']['flag_embedding']}`.", "",
               "Details (kept heads per layer, verification, parameter counts): `pruning_info.json`.", ""]
     return "\n".join(lines)

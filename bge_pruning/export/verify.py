@@ -51,24 +51,26 @@ def check_loading_info(info: Mapping[str, Any], where: Path | str) -> None:
         raise ExportError(f"reload check failed for {where}: " + "; ".join(problems))
 
 
-def check_head_file(path: Path, head: nn.Module, name: str) -> None:
-    """The saved ``{name}`` file reloads (weights_only) into a fresh Linear and equals the head's weights."""
+def check_head_file(path: Path, head: nn.Module, name: str, dtype: str | torch.dtype | None = None) -> None:
+    """The saved ``{name}`` file reloads (weights_only) into a fresh Linear and equals the head's weights (cast to
+    ``dtype``, the export's, when given: the file must hold exactly the rounded weights, in that dtype)."""
     linear = head.linear
+    to = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - report any unreadable file as a failed check
         raise ExportError(f"head check failed: {path} does not reload ({type(exc).__name__}: {exc})") from exc
-    expected = {k: v.detach().cpu() for k, v in linear.state_dict().items()}
+    expected = {k: v.detach().cpu() if to is None else v.detach().cpu().to(to) for k, v in linear.state_dict().items()}
     if set(state) != set(expected):
         raise ExportError(f"head check failed: {path} has keys {sorted(state)}, expected {sorted(expected)}")
-    fresh = nn.Linear(linear.in_features, linear.out_features, dtype=linear.weight.dtype)
+    fresh = nn.Linear(linear.in_features, linear.out_features, dtype=expected["weight"].dtype)
     try:
         fresh.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ExportError(f"head check failed: {path} does not fit Linear({linear.in_features}, "
                           f"{linear.out_features}): {exc}") from exc
     for key, value in expected.items():
-        if not torch.equal(state[key], value):
+        if state[key].dtype != value.dtype or not torch.equal(state[key], value):
             diff = float((state[key].float() - value.float()).abs().max())
             raise ExportError(f"head check failed: {name} {key} differs after reload (max abs diff {diff:.3e})")
 
