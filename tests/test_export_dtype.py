@@ -22,6 +22,10 @@ from test_export import (TEXTS, TINY_TEXTS, _fake_composer, _load_script, _maske
 from test_reliability import error_line, run_main, snapshot, write_config
 
 HALF = ["float16", "bfloat16"]
+# Pooled, normalised embeddings (dense, colbert) and lexical weights are ~20x smaller than the hidden states
+# (MiniLM: max |embedding element| 0.35 vs max |h| 6.7), and so is their rounding error: they are held to a tenth
+# of the hidden-state tolerance (measured: <= 3.5e-3 in bfloat16, <= 4.9e-4 in float16).
+EMBEDDING_SHARE = 0.1
 SAFETENSORS_NAME = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
@@ -103,10 +107,12 @@ def test_minilm_half_reloads_within_tolerance(minilm, minilm_by_dtype, dtype):
     st = SentenceTransformer(str(path), device="cpu", trust_remote_code=True)
     assert next(st.parameters()).dtype == EXPORT_DTYPES[dtype]
     got = torch.as_tensor(st.encode(TEXTS, convert_to_numpy=False, convert_to_tensor=True).float())
-    emb_diff = float((got - _mean_pooled(ref, batch["attention_mask"])).abs().max())
+    expected = _mean_pooled(ref, batch["attention_mask"])
+    emb_diff = float((got - expected).abs().max())
     print(f"\n[dtype] MiniLM {dtype}: export check {ver['max_abs_diff']:.2e}, AutoModel hidden {hidden_diff:.2e}, "
-          f"SentenceTransformer embedding {emb_diff:.2e} (atol {atol:g})")
-    assert hidden_diff < atol and emb_diff < atol
+          f"SentenceTransformer embedding {emb_diff:.2e} (atol {atol:g}; max |embedding| "
+          f"{float(expected.abs().max()):.2f}, max |h| {float(ref[batch['attention_mask'].bool()].abs().max()):.2f})")
+    assert hidden_diff < atol and emb_diff < EMBEDDING_SHARE * atol
     assert emb_diff > 0  # it did compute in half precision
 
     # The card and the usage lines say what the user gets.
@@ -181,7 +187,7 @@ def test_tiny_xlmr_half_flag_embedding(tiny, tmp_path, dtype, capsys):
         print(f"\n[dtype] tiny XLM-R {dtype}: export check {pinfo['verification']['max_abs_diff']:.2e}; "
               f"FlagEmbedding dense {dense_diff:.2e} sparse {sparse_diff:.2e} colbert {colbert_diff:.2e} "
               f"(atol {DEFAULT_ATOL[dtype]:g})")
-    assert max(dense_diff, sparse_diff, colbert_diff) < DEFAULT_ATOL[dtype]
+    assert max(dense_diff, sparse_diff, colbert_diff) < EMBEDDING_SHARE * DEFAULT_ATOL[dtype]
     assert max(dense_diff, sparse_diff, colbert_diff) > 1e-6  # the weights really were rounded
     assert sum(len(w) for w in weights) > 0
 
@@ -250,3 +256,20 @@ def test_config_dtype_default_and_bad_values(tmp_path, tiny_xlmr_path, capsys, m
     assert code == 2
     assert error_line(err) == "error: command line: export.dtype must be one of float32, float16, bfloat16, got 'int8'"
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_train_exports_in_config_dtype(tmp_path, tiny_xlmr_path):
+    """export.dtype reaches the run's export: a short real prune of the tiny XLM-R ends with a float16 export."""
+    from bge_pruning.training.run import run
+
+    config = write_config(tmp_path, tiny_xlmr_path, max_duration="4ba", eval_interval="4ba")
+    summary = run(load_config(config, ["export.dtype=float16"]))
+    path = Path(summary["export_dir"])
+    header, _ = _safetensors_header(path / "model.safetensors")
+    header.pop("__metadata__", None)
+    assert {v["dtype"] for v in header.values()} == {"F16"}
+    assert all(v.dtype == torch.float16 for name in (SPARSE_FILE, COLBERT_FILE)
+               for v in torch.load(path / name, weights_only=True).values())
+    ver = json.loads((path / "pruning_info.json").read_text())["verification"]
+    assert ver["dtype"] == "float16" and 0 < ver["max_abs_diff"] < DEFAULT_ATOL["float16"]

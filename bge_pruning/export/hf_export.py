@@ -708,7 +708,7 @@ def _pruning_info(*, backbone, base_shape, pruned_shape, exported_shape, kept, l
     # FlagEmbedding instead casts to what use_fp16 / use_bf16 say (its default use_fp16=True).
     flag_args += {"float32": "", "float16": ", use_fp16=True", "bfloat16": ", use_fp16=False, use_bf16=True"}[dtype]
     half = ("" if dtype == "float32" else
-            f"  # {dtype} weights, loaded as {dtype}; add dtype=torch.float32 to compute in float32")
+            f"  # loads in {dtype} (config.json's dtype); dtype=torch.float32 to compute in float32")
     if heads_info.get("colbert") and heads_info.get("colbert_dim") != pruned_shape.hidden_size:
         flag_args += f", colbert_dim={heads_info['colbert_dim']}"
     result: dict[str, Any] = {
@@ -736,9 +736,8 @@ def _pruning_info(*, backbone, base_shape, pruned_shape, exported_shape, kept, l
         "verification": verification,
         "usage": {
             "transformers": f"AutoModel.from_pretrained(path{trc}){half}",
-            "sentence_transformers": (f"SentenceTransformer(path{trc})" if not half else
-                                      f"SentenceTransformer(path{trc}, model_kwargs={{'dtype': torch.float32}}) "
-                                      f"# without model_kwargs it computes in {dtype}"),
+            "sentence_transformers": f"SentenceTransformer(path{trc})" + (
+                f"  # computes in {dtype}; model_kwargs={{'dtype': torch.float32}} for float32" if half else ""),
             "flag_embedding": (f"BGEM3FlagModel(path, {flag_args})"
                                + ("" if heads_info.get("sparse") and heads_info.get("colbert") else
                                   "; dense only: this export has no sparse/colbert head files, and FlagEmbedding "
