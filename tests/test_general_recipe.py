@@ -413,10 +413,16 @@ def test_scifact_holdout_halves_are_disjoint_and_cover_all_809_claims():
     _, even_q, even_qrels = load_beir(str(SCIFACT), "train", ids="even")
     _, odd_q, odd_qrels = load_beir(str(SCIFACT), "train", ids="odd")
     assert set(even_q).isdisjoint(odd_q) and set(even_q) | set(odd_q) == all_ids
-    # By id parity (415 even, 394 odd), except that claims 86 and 90 repeat the texts of 85 and 89 and follow them.
-    assert (len(even_q), len(odd_q)) == (413, 396)
-    assert {q for q in even_q if int(q) % 2} == set() and {q for q in odd_q if int(q) % 2 == 0} == {"86", "90"}
+    # Related claims go together, the smallest id deciding: claims 86 and 90 repeat the texts of 85 and 89, and most
+    # claims share a relevant abstract with a twin (10 and 11 cite the same one). By id parity alone it would be
+    # 415 / 394, with 234 even claims whose relevant abstract is an odd claim's positive.
+    assert (len(even_q), len(odd_q)) == (406, 403)
+    assert {"85", "86", "89", "90", "10", "11"} <= set(odd_q) | set(even_q)
+    assert ("86" in odd_q) == ("85" in odd_q) and ("10" in even_q) == ("11" in even_q)
     assert set(even_q.values()).isdisjoint(odd_q.values())
+    even_docs = {d for rel in even_qrels.values() for d in rel}
+    odd_docs = {d for rel in odd_qrels.values() for d in rel}
+    assert even_docs.isdisjoint(odd_docs)
     _, everything, qrels = load_beir(str(SCIFACT), "train")
     assert {**even_qrels, **odd_qrels} == qrels
     # The training triplets and the training texts of claims come from the odd half only.
@@ -550,3 +556,16 @@ def test_head_distillation_needs_the_heads(tmp_path, tiny_xlmr_path):
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match=r"loss.distill_colbert > 0 needs the teacher's colbert_linear.pt"):
         build_model(load_config(path))
+
+
+def test_query_half_groups_queries_that_share_a_text_or_a_relevant_document():
+    from bge_pruning.data.retrieval import query_half
+
+    records = [("q:1", "1", "a claim"), ("q:2", "2", "its negation"), ("q:3", "3", "other"), ("q:4", "4", "A  claim"),
+               ("q:6", "6", "alone"), ("q:7", "7", "twin of six")]
+    links = [("1", "d1"), ("2", "d1"), ("3", "d3"), ("6", "d6"), ("7", "d6")]
+    # 1, 2 (doc d1) and 4 (same text as 1) follow 1 (odd); 6 and 7 (doc d6) follow 6 (even); 3 is alone (odd).
+    assert query_half("odd", records, links) == {"1", "2", "3", "4"}
+    assert query_half("even", records, links) == {"6", "7"}
+    assert query_half("even", records) == {"2", "6"}  # without links: parity and shared texts only
+    assert query_half(None, records, links) is None

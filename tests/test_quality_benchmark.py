@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -206,14 +207,34 @@ def test_scored_claims_are_never_the_trained_half():
     if not (scifact / "qrels" / "train.tsv").is_file():
         pytest.skip(f"SciFact not found at {scifact} (shared/ is absent on this machine)")
     corpus, queries, qrels = bq.scifact_scored(scifact)
-    assert len(corpus) == 5183 and set(queries) == set(qrels) and len(queries) == 413
-    assert all(int(q) % 2 == 0 for q in queries)
-    # What the templates train on (ids: odd) never shares a claim text with what is scored.
-    prune = load_config(ROOT / "configs" / "quality" / "prune.yaml")
-    (claims,) = [s for s in prune.data.train if s.type == "retrieval"]
-    assert claims.ids == "odd" and (ROOT / claims.source).resolve() == scifact.resolve()
-    trained = {t.query for t in load_triplets(str(scifact), "train", ids="odd")}
-    assert trained and trained.isdisjoint(queries.values())
+    assert len(corpus) == 5183 and set(queries) == set(qrels) and len(queries) == 406
+    scored_docs = {corpus[d] for rel in qrels.values() for d in rel}
+    # Everything both templates train on, loaded as training loads it: no scored claim, and no scored claim's
+    # relevant abstract as a trained positive (the abstracts are in the corpus text, which has no labels).
+    from transformers import AutoTokenizer
+
+    from bge_pruning.data.mixture import build_sources
+    from bge_pruning.models.loading import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("embedded:all-MiniLM-L6-v2"))
+    for name in ("prune.yaml", "finetune.yaml"):
+        cfg = load_config(ROOT / "configs" / "quality" / name)
+        cwd = Path.cwd()
+        try:
+            os.chdir(ROOT)  # the templates' paths are relative to the project root
+            sources = build_sources(cfg.data, tokenizer)
+        finally:
+            os.chdir(cwd)
+        kinds = set()
+        for source in sources:
+            for example in source.examples:
+                if isinstance(example, str):  # plain text
+                    kinds.add("text")
+                    assert example not in queries.values()
+                elif hasattr(example, "positive"):  # a retrieval triplet
+                    kinds.add("retrieval")
+                    assert example.query not in queries.values() and example.positive not in scored_docs
+        assert kinds == {"text", "retrieval"}, name
 
 
 # ---------------------------------------------------------------------- stage configs

@@ -567,11 +567,14 @@ def write_results(out_dir: Path, runs, base, args, smoke: bool, failures) -> dic
     model = MODELS[args.model]
     rows = annotate(aggregate(runs), base)
     results = {
-        "title": f"{model.name_or_path.split(':')[-1]}: L0 pruning vs layer-drop (seeds {args.seeds})",
+        "title": f"{model.name_or_path.split(':')[-1]}: L0 pruning vs layer-drop "
+                 f"(seed{'s' if len(args.seeds) > 1 else ''} {', '.join(map(str, args.seeds))})",
         "spearman_label": "STS-B dev Spearman (dense cosine, x100)",
         "ndcg10_label": f"SciFact nDCG@10 x100 ({SCORED_IDS}-id train claims, never trained on)",
         "base": base,
-        "runs": rows,  # one row per run, seed means (scripts/plot.py pareto reads these)
+        # scripts/plot.py pareto reads "runs": the base model, then one point per run (seed means)
+        "runs": [{"name": "base", "method": "base", **{k: base.get(k) for k in ("encoder_params", "total_params",
+                                                                              *METRICS)}}] + rows,
         "per_seed": runs,
         "rows": rows,
         "smoke": smoke,
