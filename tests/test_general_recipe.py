@@ -569,3 +569,20 @@ def test_query_half_groups_queries_that_share_a_text_or_a_relevant_document():
     assert query_half("even", records, links) == {"6", "7"}
     assert query_half("even", records) == {"2", "6"}  # without links: parity and shared texts only
     assert query_half(None, records, links) is None
+
+
+def test_a_one_text_batch_with_only_the_similarity_loss_is_a_zero_not_an_error(tmp_path, tiny_xlmr_path):
+    from bge_pruning.models.composer_bge_m3 import build_model
+
+    path = recipe_config(tmp_path, str(tiny_xlmr_path))
+    cfg = yaml.safe_load(path.read_text())
+    cfg["stage"] = "finetune"  # no Lagrangian term either
+    cfg["loss"] = {"distill_similarity": 1.0}
+    path.write_text(yaml.safe_dump(cfg))
+    model = build_model(load_config(path)).train()
+    batch = TextCollator(model.tokenizer, 24)(["a single text."])
+    parts = model.loss(model.forward(batch), batch)
+    assert parts["total"].item() == 0.0
+    parts["total"].backward()  # a graph, so the training step goes on
+    two = TextCollator(model.tokenizer, 24)(["a single text.", "and another one"])
+    assert set(model.loss(model.forward(two), two)) == {"distill_similarity", "total"}

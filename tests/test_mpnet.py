@@ -295,3 +295,21 @@ def test_real_parts_assemble(tmp_path, mpnet_path):
     t0 = time.perf_counter()
     assert assemble(embedded.ALL_MPNET_BASE_V2, None, tmp_path) == out
     assert time.perf_counter() - t0 < 1.0  # reuse checks the stamp, not 438 MB of hashes
+
+
+@torch.no_grad()
+def test_pruned_mpnet_attention_takes_both_transformers_calling_conventions():
+    """The exported file may run under transformers 4 (attn(h, mask, head_mask, position_bias)) or 5
+    (attn(h, mask, position_bias)): both give the same output, and the bias really is read."""
+    from bge_pruning.export.modeling_pruned import PrunedMPNetSelfAttention
+
+    torch.manual_seed(0)
+    attn = PrunedMPNetSelfAttention(16, 4, [2, 0], dropout=0.0).eval()
+    h = torch.randn(2, 5, 16)
+    mask = torch.zeros(2, 1, 1, 5)
+    bias = torch.randn(1, 3, 5, 5)
+    v5 = attn(h, mask, bias)[0]
+    v4 = attn(h, mask, None, bias)[0]
+    kw = attn(h, mask, position_bias=bias)[0]
+    assert torch.equal(v5, v4) and torch.equal(v5, kw)
+    assert (attn(h, mask, None)[0] - v5).abs().max() > 1e-3

@@ -511,10 +511,12 @@ def test_a_run_stopped_after_its_last_checkpoint_resumes_to_the_export(tmp_path,
 
     from safetensors.torch import load_file
 
-    config = write_config(tmp_path, tiny_xlmr_path, lambda c: c.update(run_name="ends"), max_duration="6ba",
-                          save_interval="6ba", autoresume=True, warmup="1ba")
+    config = write_config(tmp_path, tiny_xlmr_path, lambda c: c.update(run_name="ends", report={"before_after": True}),
+                          max_duration="6ba", save_interval="6ba", autoresume=True, warmup="1ba")
     code, err = run_main(capsys, config)
     assert code == 0, err[-2000:]
+    summary_file = tmp_path / "summary.json"
+    assert "before_after" in json.loads(summary_file.read_text())
     export = Path(load_config(config).export.output_dir)
     first = load_file(export / "model.safetensors")
     info = json.loads((export / "pruning_info.json").read_text())
@@ -524,6 +526,9 @@ def test_a_run_stopped_after_its_last_checkpoint_resumes_to_the_export(tmp_path,
     code, err = run_main(capsys, config)
     assert code == 0, err[-2000:]
     assert any("resumed at the end of training (step 6 of 6ba)" in r.getMessage() for r in caplog.records)
+    # The weights in memory are the trained ones: no "before" column computed from them.
+    assert any("before/after table is skipped" in r.getMessage() for r in caplog.records)
+    assert "before_after" not in json.loads(summary_file.read_text())
     again = load_file(export / "model.safetensors")
     assert again.keys() == first.keys() and all(torch.equal(first[k], again[k]) for k in first)
     assert json.loads((export / "pruning_info.json").read_text())["training_steps"] == info["training_steps"] == 6

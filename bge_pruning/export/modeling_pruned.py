@@ -218,8 +218,11 @@ class PrunedMPNetSelfAttention(nn.Module):
         self.o = _new_linear(self.all_head_size, hidden_size)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask=None, position_bias=None,
-                output_attentions: bool = False, **kwargs):
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, *args, output_attentions: bool = False,
+                **kwargs):
+        # transformers 5 calls attn(h, mask, position_bias, ...); transformers 4 attn(h, mask, head_mask,
+        # position_bias, ...): the position bias is the last positional argument either way.
+        position_bias = args[-1] if args else kwargs.get("position_bias")
         b, t, _ = hidden_states.shape
         if self.num_attention_heads == 0:
             out = self.o(hidden_states.new_zeros(b, t, 0))

@@ -55,9 +55,10 @@ def needs_teacher(loss_cfg: Mapping[str, Any]) -> bool:
 
 
 def layers_alive(zs: Mapping[str, torch.Tensor], n_layers: int) -> torch.Tensor | None:
-    """Which student layers may be matched by ``loss.distill_layers``: not those a mask removed (CoFi), i.e. a
-    ``layer_z`` of 0, or both sublayer gates (``head_layer_z``, ``mlp_z``) at 0, which makes the layer an identity
-    of its input. None when no such mask is given (every layer is a candidate)."""
+    """Which student layers may be matched by ``loss.distill_layers``: not those a mask removed, i.e. a ``layer_z``
+    of 0, or both sublayer gates (``head_layer_z``, ``mlp_z``) at 0, which makes the layer an identity of its input.
+    CoFi excludes every layer whose attention gate is 0; here a layer that keeps its FFN still transforms its input
+    and stays a candidate. None when no such mask is given (every layer is a candidate)."""
     def on(key: str) -> torch.Tensor | None:
         z = zs.get(key)
         return z.detach() != 0 if torch.is_tensor(z) and z.dim() == 1 and z.numel() == n_layers else None
@@ -288,7 +289,11 @@ class ComposerBGEM3(ComposerModel):
             if c.get("distill_embedding", 0) > 0:
                 parts["distill_embedding"] = c["distill_embedding"] * per_view * sum(
                     embedding_distillation_loss(s["dense"], t["dense"]) for s, t in pairs)
-            if c.get("distill_similarity", 0) > 0 and student_sim is not None:
+            if c.get("distill_similarity", 0) > 0 and student_sim is None:
+                # A one-text (micro)batch has no other text to compare with: nothing to learn here, but a zero that
+                # keeps the graph, so a batch whose only loss this is does not stop the run.
+                parts["distill_similarity"] = student_views[0]["dense"].sum() * 0.0
+            elif c.get("distill_similarity", 0) > 0:
                 if len(t_views) == 1:
                     teacher_sim = off_diagonal(t_views[0]["dense"] @ t_views[0]["dense"].T)
                 else:

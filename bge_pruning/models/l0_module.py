@@ -159,7 +159,7 @@ def parse_target(cfg: Mapping[str, Any] | None, base: EncoderShape,
         if name not in cfg:
             raise ConfigError(f"{key}.{name} is required (base model has {limit})")
         v = cfg[name]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or float(v) != int(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or float(v) != int(v):
             raise ConfigError(f"{key}.{name} must be a whole number of units, got {v!r}")
         v = int(v)
         if not 1 <= v <= limit:
@@ -182,7 +182,7 @@ def _parse_global_target(cfg: Mapping[str, Any], base: EncoderShape, key: str) -
     smallest = layer_params(d, dh, 1, 1)  # one layer with one head and one FFN unit
     if "share" in cfg:
         v = cfg["share"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < float(v) <= 1:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < float(v) <= 1:
             raise ConfigError(f"{key}.share must be a number in (0, 1] (the kept share of encoder-layer "
                               f"parameters), got {v!r}")
         n_params = int(round(float(v) * full))
@@ -191,7 +191,7 @@ def _parse_global_target(cfg: Mapping[str, Any], base: EncoderShape, key: str) -
                               f"and one FFN unit ({smallest:,})")
         return GlobalTarget(n_params=n_params, share=n_params / full, given={"share": float(v)})
     v = cfg["n_params"]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or float(v) != int(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or float(v) != int(v):
         raise ConfigError(f"{key}.n_params must be a whole number of encoder-layer parameters, got {v!r}")
     v = int(v)
     if not smallest <= v <= full:

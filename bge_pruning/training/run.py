@@ -379,6 +379,12 @@ def _run(cfg: Any, out_dir: Path, started: float) -> dict[str, Any]:
     if dist.get_global_rank() == 0:
         save_run_files(Path(fill_run_name(cfg.train.save_folder, cfg.run_name)), cfg, model)
     report_pairs = _report_pairs(cfg)
+    resumed_at = int(trainer.state.timestamp.batch.value)
+    if report_pairs and resumed_at:
+        # Autoresume already loaded the trained weights: the model in memory is no longer the base.
+        log.warning("report.before_after: this run resumed at step %d, so the base model is no longer in memory; "
+                    "the before/after table is skipped (score the base with scripts/evaluate_model.py)", resumed_at)
+        report_pairs = None
     base_sts = sts_of_model(model, report_pairs) if report_pairs and dist.get_global_rank() == 0 else None
     base_shape = model.backbone.shape
     if cfg.train.eval_first and trainer.state.evaluators:
