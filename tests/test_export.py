@@ -480,7 +480,8 @@ def _load_script():
     return module
 
 
-def test_extract_script(tiny, tmp_path, monkeypatch, capsys):
+def fake_checkpoint_loader(tiny, monkeypatch) -> list:
+    """Replace the checkpoint module with one whose loader returns the tiny masked model; returns the paths asked."""
     loaded = []
 
     def load_composer_model(path, trust_remote_code=False):
@@ -491,6 +492,11 @@ def test_extract_script(tiny, tmp_path, monkeypatch, capsys):
     fake.load_composer_model = load_composer_model
     fake.CheckpointError = type("CheckpointError", (RuntimeError,), {})
     monkeypatch.setitem(sys.modules, "bge_pruning.training.checkpoint", fake)
+    return loaded
+
+
+def test_extract_script(tiny, tmp_path, monkeypatch, capsys):
+    loaded = fake_checkpoint_loader(tiny, monkeypatch)
     script = _load_script()
     ckpt = tmp_path / "ep1-ba10-rank0.pt"
     ckpt.write_bytes(b"not read by the fake loader")

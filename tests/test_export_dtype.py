@@ -17,8 +17,8 @@ from bge_pruning.export import hf_export
 from bge_pruning.export.hf_export import DEFAULT_ATOL, EXPORT_DTYPES
 from bge_pruning.models.heads import (COLBERT_FILE, SPARSE_FILE, dense_embedding, lexical_weights,
                                       special_token_ids)
-from test_export import (TEXTS, TINY_TEXTS, _fake_composer, _load_script, _masked_hidden, _real_diff, _siblings,
-                         _tiny_zs, minilm, tiny)  # noqa: F401 - minilm and tiny are fixtures
+from test_export import (TEXTS, TINY_TEXTS, _load_script, _masked_hidden, _real_diff, _siblings, _tiny_zs,
+                         fake_checkpoint_loader, minilm, tiny)  # noqa: F401 - minilm and tiny are fixtures
 from test_reliability import error_line, run_main, snapshot, write_config
 
 HALF = ["float16", "bfloat16"]
@@ -204,19 +204,7 @@ def test_bad_dtype_argument(tiny, tmp_path):
 
 # ====================================================================== script and config
 def test_extract_script_dtype(tiny, tmp_path, monkeypatch, capsys):
-    import sys
-    import types
-
-    loaded = []
-
-    def load_composer_model(path, trust_remote_code=False):
-        loaded.append(path)
-        return _fake_composer(tiny, _tiny_zs())
-
-    fake = types.ModuleType("bge_pruning.training.checkpoint")
-    fake.load_composer_model = load_composer_model
-    fake.CheckpointError = type("CheckpointError", (RuntimeError,), {})
-    monkeypatch.setitem(sys.modules, "bge_pruning.training.checkpoint", fake)
+    loaded = fake_checkpoint_loader(tiny, monkeypatch)
     script = _load_script()
     ckpt = tmp_path / "ep1-ba10-rank0.pt"
     ckpt.write_bytes(b"not read by the fake loader")

@@ -565,7 +565,8 @@ def run_one(args, model: BaseModel, name: str, method: str, target: int, rule: s
 
 def write_results(out_dir: Path, runs, base, args, smoke: bool, failures) -> dict[str, Any]:
     model = MODELS[args.model]
-    rows = annotate(aggregate(runs), base)
+    aggregated = aggregate(runs)
+    rows = annotate(aggregated, base)
     results = {
         "title": f"{model.name_or_path.split(':')[-1]}: L0 pruning vs layer-drop "
                  f"(seed{'s' if len(args.seeds) > 1 else ''} {', '.join(map(str, args.seeds))})",
@@ -583,7 +584,7 @@ def write_results(out_dir: Path, runs, base, args, smoke: bool, failures) -> dic
                      "threads": args.threads, "lagrangian_warmup_fraction": args.lagrangian_warmup,
                      "scored_claims": SCORED_IDS, "prune_overrides": list(args.prune_override),
                      "finetune_overrides": list(args.finetune_override)},
-        "targets_check": check_targets(aggregate(runs), base, args.check_target, model.min_delta),
+        "targets_check": check_targets(aggregated, base, args.check_target, model.min_delta),
         "failed": list(failures),
     }
     (out_dir / "results.json").write_text(json.dumps(_json_safe(results), indent=2) + "\n")
