@@ -20,6 +20,7 @@ from .models.l0_module import ConfigError
 # value is refused before torch or any model loads).
 EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 
+QUANTIZE_CHOICES = ("int8",)  # bge_pruning.export.onnx_export.QUANTIZE_CHOICES (that module imports torch)
 REQUIRED = "???"  # OmegaConf's marker for a value the user must give
 FREE = {"__free__": True}  # a mapping whose keys are not validated (passed through to a library)
 
@@ -113,6 +114,8 @@ DEFAULTS: dict[str, Any] = {
         "vanilla": False,
         "overwrite": False,
         "dtype": "float32",  # float32 | float16 | bfloat16: the saved weights' dtype (verified against float32)
+        "onnx": False,  # also write onnx/model.onnx, checked with onnxruntime against torch (the 'onnx' extra)
+        "quantize": None,  # int8: with onnx, also onnx/model_qint8_avx512_vnni.onnx (dynamic quantization)
     },
     # Composer loggers and monitors, as llm-foundry's: each entry's mapping is passed to the class as keyword
     # arguments, e.g. loggers: {tensorboard: {log_dir: runs/x}}, callbacks: {lr_monitor: {}}.
@@ -261,6 +264,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None, required: 
         on_cli = isinstance(cli.get("export"), dict) and "dtype" in cli["export"]
         where = "command line" if on_cli else (f"{path}:{lines['export.dtype']}" if "export.dtype" in lines else str(path))
         raise ConfigError(f"{where}: export.dtype must be one of {', '.join(EXPORT_DTYPES)}, got {cfg.export.dtype!r}")
+    for key, ok, want in (("onnx", isinstance(cfg.export.onnx, bool), "true or false"),
+                          ("quantize", cfg.export.quantize in (None,) + QUANTIZE_CHOICES,
+                           "null or one of " + ", ".join(QUANTIZE_CHOICES))):
+        if not ok:
+            on_cli = isinstance(cli.get("export"), dict) and key in cli["export"]
+            where = "command line" if on_cli else f"{path}:{lines.get('export.' + key, '?')}"
+            raise ConfigError(f"{where}: export.{key} must be {want}, got {cfg.export[key]!r}")
+    if cfg.export.quantize is not None and not cfg.export.onnx:
+        raise ConfigError(f"{path}: export.quantize={cfg.export.quantize} quantizes the ONNX model: set export.onnx: true")
     if cfg.run_name is None:
         cfg.run_name = default_run_name(cfg, path)
     return cfg

@@ -138,7 +138,9 @@ def evaluate_one_model(model_dir: str, specs: list[TaskSpec], data: TaskData, ar
     from bge_pruning.evaluation.retrieval import evaluate_retrieval
     from bge_pruning.evaluation.sts import evaluate_sts
 
-    model = EmbeddingModel.from_dir(model_dir, device=args.device, trust_remote_code=args.trust_remote_code)
+    onnx_file = args.onnx if role == "model" else None
+    model = EmbeddingModel.from_dir(model_dir, device=args.device, trust_remote_code=args.trust_remote_code,
+                                    onnx_file=onnx_file)
     progress = not args.no_progress
     results: dict[str, dict[str, float]] = {}
     for t in specs:
@@ -185,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first N pairs (sts, paraphrase, local mteb STS) / first N queries (retrieval)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--onnx", nargs="?", const="onnx/model.onnx", default=None, metavar="FILE",
+                   help="score MODEL_DIR's ONNX graph on onnxruntime (CPU) instead of its torch weights: "
+                        "onnx/model.onnx, or FILE inside MODEL_DIR such as onnx/model_qint8_avx512_vnni.onnx. "
+                        "With --baseline MODEL_DIR this measures the ONNX/int8 retention against torch")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run modeling code shipped in MODEL_DIR / --baseline even when they are not exports of this "
                         "project (bge_pruning's own exports need no flag)")
@@ -229,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         problem = "is a directory" if Path(args.output).is_dir() else unwritable(Path(args.output))
         if problem:
             return fail(f"--output {args.output}: {problem} (checked before evaluating, so no result is lost)", 2)
+    if args.onnx is not None:
+        onnx_path = Path(resolve_model_path(args.model_dir)).expanduser() / args.onnx
+        if not onnx_path.is_file():
+            return fail(f"--onnx {args.onnx}: {onnx_path} not found (export with --onnx; int8: --quantize int8)", 2)
+        if args.device not in (None, "cpu"):
+            return fail(f"--onnx runs on onnxruntime's CPU provider; --device {args.device} is not supported", 2)
+        args.device = "cpu"
     if args.device is None:
         import torch
 
@@ -276,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                               extra={"task_labels": {t.label: t.spec for t in specs},
                                      "wall_time_per_model_s": times,
                                      "settings": {"batch_size": args.batch_size, "max_examples": args.max_examples,
-                                                  "device": args.device, "retrieval_k": list(RETRIEVAL_K)}})
+                                                  "device": args.device, "retrieval_k": list(RETRIEVAL_K),
+                                                  "onnx_file": args.onnx}})
         if mteb_dir is not None:
             report["mteb_output_dir"] = str(mteb_dir)
         path = write_json(args.output, report)

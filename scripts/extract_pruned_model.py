@@ -2,13 +2,16 @@
 """Export a pruning/finetuning Composer checkpoint as a verified HuggingFace model directory.
 
     python scripts/extract_pruned_model.py CHECKPOINT OUT_DIR [--vanilla] [--overwrite] [--dtype float16]
+        [--onnx [--quantize int8]]
 
 The directory loads with ``transformers.AutoModel`` (``trust_remote_code=True`` unless --vanilla or
 nothing inside the kept layers was pruned), ``sentence_transformers.SentenceTransformer`` and
 FlagEmbedding's ``BGEM3FlagModel``; ``pruning_info.json`` records what was kept and the parameter
 counts. ``--dtype float16|bfloat16`` saves the weights (and BGE-M3 head files) at half the size; the reloaded
 half-precision model is checked against the float32 masked model within that dtype's tolerance (recorded in
-``pruning_info.json``). The export is checked against the masked model before it is moved into OUT_DIR; an existing
+``pruning_info.json``). ``--onnx`` adds ``onnx/model.onnx`` (the layout sentence-transformers' ``backend="onnx"``
+reads), checked with onnxruntime against torch within 1e-4; ``--quantize int8`` adds its int8 dynamic quantization
+``onnx/model_qint8_avx512_vnni.onnx``. The export is checked against the masked model before it is moved into OUT_DIR; an existing
 non-empty OUT_DIR is only replaced with --overwrite.
 
 Checkpoints are pickles. This tool loads them with ``torch.load(weights_only=True)`` and an allow-list of
@@ -40,12 +43,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", metavar="{" + ",".join(EXPORT_DTYPES) + "}",
                    help="dtype of the saved weights (default float32); float16/bfloat16 halve the files and are "
                         "verified against the float32 model within the dtype's tolerance")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write onnx/model.onnx (encoder to last_hidden_state, checked with onnxruntime)")
+    p.add_argument("--quantize", default=None, metavar="{" + ",".join(QUANTIZE_CHOICES) + "}",
+                   help="with --onnx: also write the int8 dynamically quantized ONNX model")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run modeling code from the run's base_model/ even when it is not this project's own")
     return p
 
 
 EXPORT_DTYPES = ("float32", "float16", "bfloat16")  # bge_pruning.config.EXPORT_DTYPES (not imported: see main)
+QUANTIZE_CHOICES = ("int8",)  # bge_pruning.export.onnx_export.QUANTIZE_CHOICES (not imported: it imports torch)
 
 
 def _error(message: str, code: int = 2) -> int:
@@ -57,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.dtype not in EXPORT_DTYPES:  # before torch and the checkpoint load
         return _error(f"--dtype must be one of {', '.join(EXPORT_DTYPES)}, got {args.dtype!r}")
+    if args.quantize is not None and args.quantize not in QUANTIZE_CHOICES:
+        return _error(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {args.quantize!r}")
+    if args.quantize is not None and not args.onnx:
+        return _error("--quantize quantizes the ONNX model: add --onnx")
     from bge_pruning.export import ExportError, export_composer_model
     from bge_pruning.export.hf_export import check_export_target
 
@@ -95,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return _error(f"could not load the checkpoint {args.checkpoint}: {type(exc).__name__}: {exc}")
 
     try:
-        path = export_composer_model(model, out_dir, vanilla=args.vanilla, overwrite=args.overwrite, dtype=args.dtype)
+        path = export_composer_model(model, out_dir, vanilla=args.vanilla, overwrite=args.overwrite, dtype=args.dtype,
+                                     onnx=args.onnx, quantize=args.quantize)
     except ExportError as exc:
         return _error(f"export failed, {out_dir} was not changed: {exc}", 1)
 
@@ -112,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  class: {info['export']['class']}  trust_remote_code: {info['export']['trust_remote_code']}  "
           f"max abs diff vs masked model: {info['verification']['max_abs_diff']:.2e}"
           + (f" (saved in {args.dtype}, atol {info['verification']['atol']:.1e})" if args.dtype != "float32" else ""))
+    if "onnx" in info:
+        onnx = info["onnx"]
+        print(f"  onnx: {onnx['file']} ({onnx['size_bytes'] / 2**20:.1f} MiB), max abs diff vs torch "
+              f"{onnx['max_abs_diff']:.2e}")
+        for kind, q in onnx["quantized"].items():
+            print(f"  onnx {kind}: {q['file']} ({q['size_bytes'] / 2**20:.1f} MiB), max abs diff vs float32 "
+                  f"{q['max_abs_diff']:.2e}, min cosine of mean-pooled vectors {q['min_cosine_mean_pooled']:.4f}")
     return 0
 
 

@@ -136,13 +136,15 @@ class EmbeddingModel:
     def from_dir(cls, path: str | Path, device: str = "cpu", max_length: int = 512, *,
                  pooling: str | None = None, normalize: bool | None = None,
                  torch_dtype: torch.dtype | None = None, trust_remote_code: bool = False,
-                 opt_in: str = "pass --trust-remote-code") -> "EmbeddingModel":
+                 opt_in: str = "pass --trust-remote-code", onnx_file: str | None = None) -> "EmbeddingModel":
         """Load ``path``. Its modeling code runs only when it is this project's export (``bge_pruning.trust``)
         or ``trust_remote_code`` is given; otherwise a directory asking for remote code is refused.
 
         ``max_length`` is capped by ``sentence_bert_config.json``'s ``max_seq_length`` and the tokenizer's
         ``model_max_length``, as sentence-transformers does. ``pooling``/``normalize`` override the
-        directory's sentence-transformers config.
+        directory's sentence-transformers config. ``onnx_file`` (relative to ``path``, e.g. ``onnx/model.onnx``)
+        encodes with that ONNX graph on onnxruntime's CPU provider instead of the torch weights (no modeling code
+        runs); the tokenizer, pooling and head files are the directory's as for torch.
         """
         from transformers import AutoModel, AutoTokenizer
 
@@ -172,10 +174,13 @@ class EmbeddingModel:
         kwargs: dict = {"trust_remote_code": trust}
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
-        try:
-            model = AutoModel.from_pretrained(str(model_dir), **kwargs)
-        except Exception as e:
-            raise ModelDirError(f"{model_dir}: cannot load the model ({type(e).__name__}: {e})") from None
+        if onnx_file is not None:
+            model = _load_onnx(model_dir, onnx_file, device)
+        else:
+            try:
+                model = AutoModel.from_pretrained(str(model_dir), **kwargs)
+            except Exception as e:
+                raise ModelDirError(f"{model_dir}: cannot load the model ({type(e).__name__}: {e})") from None
 
         limit = int(max_length)
         if max_seq:
@@ -196,9 +201,11 @@ class EmbeddingModel:
 
         dev = torch.device(device)
         model.to(dev)
+        # An OnnxEncoder has no parameters: its heads compute in float32, the dtype of the graph's output.
+        dtype = next((p.dtype for p in model.parameters()), torch.float32)
         for head in (sparse, colbert):
             if head is not None:
-                head.to(dev, dtype=next(model.parameters()).dtype)
+                head.to(dev, dtype=dtype)
         logger.info("loaded %s: pooling=%s normalize=%s max_length=%d sparse=%s colbert=%s",
                     model_dir, pooling, normalize, limit, sparse is not None, colbert is not None)
         return cls(model, tokenizer, path=model_dir, pooling=pooling, normalize=normalize, max_length=limit,
@@ -304,6 +311,23 @@ class EmbeddingModel:
         out = self.model(**enc)
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return hidden, enc["attention_mask"], enc["input_ids"]
+
+
+def _load_onnx(model_dir: Path, onnx_file: str, device: str | torch.device):
+    from .onnx_model import OnnxEncoder
+
+    if torch.device(device).type != "cpu":
+        raise ModelDirError(f"{model_dir / onnx_file}: ONNX models run on onnxruntime's CPU provider; use --device cpu")
+    path = model_dir / onnx_file
+    if not path.is_file():
+        found = sorted(str(p.relative_to(model_dir)) for p in model_dir.glob("onnx/*.onnx"))
+        raise ModelDirError(f"{path}: no such ONNX file" + (f" (the directory has {', '.join(found)})" if found
+                                                           else "; export with --onnx first"))
+    hidden = _read_json(model_dir / "config.json").get("hidden_size")
+    try:
+        return OnnxEncoder(path, int(hidden))
+    except Exception as e:
+        raise ModelDirError(f"{path}: cannot load the ONNX model ({type(e).__name__}: {e})") from None
 
 
 def _weight_shape(path: Path) -> tuple[int, ...] | None:

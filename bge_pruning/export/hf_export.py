@@ -49,6 +49,7 @@ from . import modeling_pruned
 from .install import OLD_MARK, TempExportDir, recover_leftovers, swap_into_place
 from .model_card import hub_id
 from .model_card import render as render_card
+from .onnx_export import check_quantize, write_onnx
 from .verify import (ExportError, check_close, check_head_file, check_loading_info, count_module_params,
                      max_abs_diff_on_tokens)
 
@@ -108,6 +109,8 @@ def export_pruned_model(
     atol: float | None = None,
     max_seq_length: int | None = None,
     dtype: str = "float32",
+    onnx: bool = False,
+    quantize: str | None = None,
 ) -> Path:
     """Prune a copy of ``backbone`` with ``zs`` and write a verified model directory to ``out_dir``.
 
@@ -117,12 +120,17 @@ def export_pruned_model(
     kept so the export embeds long texts as the base did; without it, the tokenizer's and the position
     embeddings' limit. ``dtype`` (``EXPORT_DTYPES``) is the dtype the weights and head files are saved in;
     ``atol`` is the reload check's tolerance against the float32 masked model (default: ``DEFAULT_ATOL[dtype]``;
-    the pruned-forward check, float32 on both sides, always uses the float32 one). Returns the final directory.
+    the pruned-forward check, float32 on both sides, always uses the float32 one). ``onnx`` adds
+    ``onnx/model.onnx`` checked with onnxruntime, ``quantize="int8"`` its int8 dynamic quantization
+    (:mod:`bge_pruning.export.onnx_export`). Returns the final directory.
     Raises ``ExportError`` (target untouched, no temporary directory left) when an argument is invalid or any
     check fails.
     """
     out_dir = Path(os.path.abspath(os.fspath(out_dir)))
     dtype = export_dtype_name(dtype)
+    quantize = check_quantize(quantize)
+    if quantize is not None and not onnx:
+        raise ExportError(f"quantize={quantize!r} quantizes the ONNX model: it needs onnx=True")
     if atol is None:
         atol = DEFAULT_ATOL[dtype]
     _check_arguments(backbone, tokenizer, pooling, sparse_head, colbert_head, atol)
@@ -179,6 +187,11 @@ def export_pruned_model(
         if colbert_head is not None:
             check_head_file(tmp / COLBERT_FILE, colbert_head, "colbert head", dtype)
 
+        onnx_info = None
+        if onnx:
+            stage = "writing the ONNX model"
+            onnx_info = write_onnx(tmp, _onnx_probes(probe), trust_remote_code=layout["custom"], quantize=quantize)
+
         stage = "writing pruning_info.json"
         pruning_info = _pruning_info(
             backbone=backbone, base_shape=base_shape, pruned_shape=pruned_shape, exported_shape=exported_shape,
@@ -193,6 +206,8 @@ def export_pruned_model(
             raise ExportError(f"parameter count check failed: count_params says {counts['exported']['total']}, "
                               f"the reloaded model has {n_reloaded}")
         pruning_info["base_model_hub_id"] = hub_id(pruning_info.get("base_model"))
+        if onnx_info is not None:
+            pruning_info["onnx"] = onnx_info
         (tmp / PRUNING_INFO_FILE).write_text(json.dumps(pruning_info, indent=2) + "\n")
         stage = "writing the model card"
         (tmp / "README.md").write_text(render_card(pruning_info, _source_dir(pruning_info.get("base_model"))),
@@ -255,10 +270,17 @@ def _prepare(backbone, tokenizer, zs_rows, probe_texts, vanilla: bool, atol: flo
             "dtype": dtype, "source_dtype": source_dtype, "base_config": work.config}
 
 
+def _onnx_probes(probe: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """The probe batch (padded: traced) and its first text alone at its real length (another shape, no
+    padding), so the ONNX check runs both sides of the mask code's branches and both dynamic axes."""
+    n = int(probe["attention_mask"][0].sum())
+    return [dict(probe), {k: v[:1, :n] for k, v in probe.items()}]
+
+
 def export_composer_model(model: Any, out_dir: str | Path, vanilla: bool = False, overwrite: bool = False,
-                          dtype: str = "float32") -> Path:
+                          dtype: str = "float32", onnx: bool = False, quantize: str | None = None) -> Path:
     """Export a trained ``ComposerBGEM3`` (backbone, L0 masks, heads, pooling, tokenizer, export_info), its weights
-    saved in ``dtype`` (``EXPORT_DTYPES``)."""
+    saved in ``dtype`` (``EXPORT_DTYPES``), with the ONNX model when ``onnx`` (int8 too with ``quantize``)."""
     missing = [a for a in ("backbone", "l0_module", "sparse_head", "colbert_head", "pooling", "normalize",
                            "tokenizer", "export_info") if not hasattr(model, a)]
     if missing:
@@ -272,7 +294,7 @@ def export_composer_model(model: Any, out_dir: str | Path, vanilla: bool = False
         pooling=model.pooling, normalize=bool(model.normalize),
         sparse_head=model.sparse_head, colbert_head=model.colbert_head,
         vanilla=vanilla, overwrite=overwrite, info=info, max_seq_length=getattr(model, "max_seq_length", None),
-        dtype=dtype)
+        dtype=dtype, onnx=onnx, quantize=quantize)
 
 
 def check_export_target(out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -694,7 +716,7 @@ def _source_dir(base_model: str | None) -> Path | None:
 def _computed_info_keys() -> set[str]:
     return {"format_version", "base_model", "base_model_hub_id", "family", "export", "pooling", "normalize", "heads", "base_shape",
             "target_shape", "achieved_shape", "exported_shape", "kept_layers", "kept_heads", "kept_sublayers", "params",
-            "kept_encoder_share", "verification", "usage"}
+            "kept_encoder_share", "verification", "usage", "onnx"}
 
 
 def _pruning_info(*, backbone, base_shape, pruned_shape, exported_shape, kept, layout, pooling, normalize,

@@ -427,7 +427,8 @@ def _run(cfg: Any, out_dir: Path, started: float) -> dict[str, Any]:
 
             to_export = load_composer_model(latest_checkpoint(fill_run_name(cfg.train.save_folder, cfg.run_name)))
         export_dir = export_composer_model(to_export, out_dir, vanilla=bool(cfg.export.vanilla),
-                                           overwrite=bool(cfg.export.overwrite), dtype=str(cfg.export.dtype))
+                                           overwrite=bool(cfg.export.overwrite), dtype=str(cfg.export.dtype),
+                                           onnx=bool(cfg.export.onnx), quantize=cfg.export.quantize)
         summary["export_dir"] = str(export_dir)
         if base_sts is not None:
             from transformers import AutoConfig
