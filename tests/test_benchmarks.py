@@ -176,3 +176,63 @@ def test_embedded_base_model_loads():
     loaded = load_model("embedded:all-MiniLM-L6-v2", "base")
     assert (loaded.model_dir / "config.json").is_file()
     assert loaded.shape.n_layers == 6 and count_params(loaded.shape).total == 22_713_216
+
+
+# ====================================================================== ONNX rows and real texts
+@pytest.fixture(scope="module")
+def tiny_onnx_pair(tiny_xlmr_path, tmp_path_factory) -> tuple[Path, Path]:
+    """(the stock tiny XLM-R, a custom-class export of it with onnx/model.onnx and the int8 graph)."""
+    from transformers import AutoTokenizer
+
+    from bge_pruning.export import export_pruned_model
+    from bge_pruning.models.masked_encoder import MaskedBGEM3Backbone
+
+    pytest.importorskip("onnxruntime", reason="the 'onnx' extra is not installed")
+    backbone = MaskedBGEM3Backbone.from_pretrained(str(tiny_xlmr_path)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_xlmr_path))
+    out = tmp_path_factory.mktemp("bench_onnx") / "pruned"
+    export_pruned_model(backbone, out, tokenizer, _masks(TINY_HEADS, TINY_INTER, 4, 64, TINY_LAYER_Z), pooling="mean",
+                        onnx=True, quantize="int8")
+    return tiny_xlmr_path, out
+
+
+def test_benchmark_onnx_rows_on_real_texts(tiny_onnx_pair, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from bge_pruning.benchmarks.efficiency import ONNX_ROLES, format_report, text_batches
+
+    base_dir, pruned_dir = tiny_onnx_pair
+    texts = tmp_path / "texts.txt"
+    lines = ["the cat sits on the red car", "a dog", "people walk near the river and the big house with music",
+             "der hund und die katze", "music"]
+    texts.write_text("\n".join(lines) + "\n")
+    res = run_benchmark(base_dir, pruned_dir, batch_sizes=[1, 3], seq_lens=[6, 16], repeats=2, warmup=1,
+                        device="cpu", threads=1, onnx=True, texts=str(texts))
+    assert res["settings"]["onnx"] == ["pruned_int8", "pruned_onnx"]
+    assert "5 real texts" in res["settings"]["inputs"]
+    for role, name in ONNX_ROLES.items():
+        assert res["models"][role]["file_bytes"] == (pruned_dir / name).stat().st_size
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    for r in res["results"]:
+        for role in ("base", "pruned", *ONNX_ROLES):
+            assert len(r[role]["latencies_s"]) == 2 and r[role]["latency_s"]["p50"] > 0
+        for role in ONNX_ROLES:
+            assert r[role]["speedup_vs_base"] == pytest.approx(r["base"]["latency_s"]["p50"] / r[role]["latency_s"]["p50"])
+        # The real tokens per sequence, recomputed from the same draw: truncation at seq_len bounds them.
+        batches, mean = text_batches(lines, {"base": tok}, r["batch_size"], r["seq_len"], 1000 * r["seq_len"]
+                                     + r["batch_size"], "cpu")
+        assert r["real_tokens_per_sequence"] == pytest.approx(mean) and 1 < mean <= r["seq_len"]
+        assert batches["base"]["input_ids"].shape[0] == r["batch_size"]
+    assert max(r["real_tokens_per_sequence"] for r in res["results"] if r["seq_len"] == 6) == 6  # truncated
+    report = format_report(res)
+    assert "pruned ONNX fp32" in report and "pruned ONNX int8" in report and "inputs: 5 real texts" in report
+
+
+def test_benchmark_onnx_errors(tiny_pair, tmp_path, capsys):
+    base_dir, pruned_dir = tiny_pair  # an export without ONNX files
+    assert main([str(base_dir), str(pruned_dir), "--onnx", "--device", "cpu", "--seq-lens", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no onnx/model.onnx; export it with extract_pruned_model.py --onnx" in err
+    assert main([str(base_dir), str(pruned_dir), "--texts", str(tmp_path / "nope.txt"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--texts" in err and "nope.txt" in err

@@ -51,6 +51,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 RSS_INTERVAL_S = 0.0005
 CPU_MEMORY_CALLS = 2
 ROLES = ("base", "pruned")
+# The pruned export's ONNX graphs (``--onnx``), timed with the torch models, on CPU only.
+ONNX_ROLES = {"pruned_onnx": "onnx/model.onnx", "pruned_int8": "onnx/model_qint8_avx512_vnni.onnx"}
 
 
 class BenchmarkError(ValueError):
@@ -169,6 +171,74 @@ def random_batch(batch_size: int, seq_len: int, vocab_size: int, pad_token_id: i
 
 
 # ====================================================================== memory
+class OnnxCall:
+    """An onnxruntime session called like a torch model (``model(**batch)``), for the timing loop: the torch
+    tensors are handed over as numpy arrays (a copy-free view on CPU) and only the graph's inputs are passed.
+    ``threads`` is onnxruntime's intra-op thread count, set to torch's so both runtimes get the same cores."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.path = path
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, **batch: Any) -> Any:
+        import torch
+
+        feeds = {}
+        for name in self.inputs:
+            value = batch.get(name)
+            feeds[name] = (torch.zeros_like(batch["input_ids"]) if value is None else value).cpu().numpy()
+        return self.session.run(None, feeds)
+
+
+def load_onnx_models(pruned_dir: Path, threads: int,
+                     check_only: bool = False) -> tuple[dict[str, OnnxCall], dict[str, Any]]:
+    """The pruned export's ``onnx/model.onnx`` (required) and int8 graph (when present), with their file sizes;
+    ``check_only``: only the checks (onnxruntime installed, the float32 graph written)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise BenchmarkError(f"--onnx needs onnxruntime ({exc}); install the 'onnx' extra") from None
+    if not (pruned_dir / ONNX_ROLES["pruned_onnx"]).is_file():
+        raise BenchmarkError(f"PRUNED_DIR {pruned_dir}: no {ONNX_ROLES['pruned_onnx']}; export it with "
+                             "extract_pruned_model.py --onnx [--quantize int8] (or export.onnx: true)")
+    models, info = {}, {}
+    if check_only:
+        return models, info
+    for role, name in ONNX_ROLES.items():
+        path = pruned_dir / name
+        if path.is_file():
+            models[role] = OnnxCall(path, threads)
+            info[role] = {"file": str(path), "file_bytes": path.stat().st_size, "runtime": "onnxruntime "
+                          + __import__("onnxruntime").__version__ + " CPUExecutionProvider", "threads": threads}
+    return models, info
+
+
+def text_batches(texts: Sequence[str], tokenizers: dict[str, Any], batch_size: int, seq_len: int,
+                 seed: int, device: str) -> tuple[dict[str, dict[str, Any]], float]:
+    """``batch_size`` real texts drawn with ``seed``, tokenized by each role's tokenizer (truncated to ``seq_len``,
+    padded to the batch's longest), and the mean number of real tokens per sequence (of the first role)."""
+    import random
+
+    pick = random.Random(seed).sample(range(len(texts)), min(batch_size, len(texts)))
+    chosen = [texts[i] for i in pick]
+    while len(chosen) < batch_size:  # fewer texts than the batch: repeat them
+        chosen += chosen[: batch_size - len(chosen)]
+    batches, mean_tokens = {}, None
+    for role, tokenizer in tokenizers.items():
+        enc = tokenizer(chosen, padding=True, truncation=True, max_length=seq_len, return_tensors="pt")
+        batches[role] = {k: v.to(device) for k, v in enc.items()}
+        if mean_tokens is None:
+            mean_tokens = float(enc["attention_mask"].sum()) / batch_size
+    return batches, float(mean_tokens)
+
+
 class _RssPeak:
     """Peak resident-set-size increase during a ``with`` block (psutil sampler thread or getrusage)."""
 
@@ -276,40 +346,48 @@ def _latency_stats(latencies: list[float], batch_size: int) -> dict[str, Any]:
 def measure_pair(models: dict[str, Any], batch: dict[str, Any], device: str, repeats: int,
                  warmup: int) -> dict[str, dict[str, Any]]:
     """Time ``models['base']`` and ``models['pruned']`` interleaved on one batch; memory as documented above."""
+    return measure_models(models, {role: batch for role in models}, device, repeats, warmup)
+
+
+def measure_models(models: dict[str, Any], batches: dict[str, dict[str, Any]], device: str, repeats: int,
+                   warmup: int) -> dict[str, dict[str, Any]]:
+    """Time every model in ``models`` on its batch, interleaved: the roles in order on even repeats, reversed on
+    odd ones, so drift and cache effects hit all alike; memory as documented above."""
     import torch
 
     cuda = device.startswith("cuda")
-    batch_size = int(batch["input_ids"].shape[0])
+    roles = list(models)
+    batch_size = int(next(iter(batches.values()))["input_ids"].shape[0])
 
-    def call(model) -> None:
-        model(**batch)
+    def call(role: str) -> None:
+        models[role](**batches[role])
 
     def sync() -> None:
         if cuda:
             torch.cuda.synchronize(device)
 
-    latencies: dict[str, list[float]] = {r: [] for r in ROLES}
-    cuda_peak: dict[str, int] = {r: 0 for r in ROLES}
+    latencies: dict[str, list[float]] = {r: [] for r in roles}
+    cuda_peak: dict[str, int] = {r: 0 for r in roles}
     with torch.inference_mode():
         for _ in range(warmup):
-            for role in ROLES:
-                call(models[role])
+            for role in roles:
+                call(role)
         sync()
         for r in range(repeats):
-            order = ROLES if r % 2 == 0 else ROLES[::-1]
+            order = roles if r % 2 == 0 else roles[::-1]
             for role in order:
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(device)
                     before = torch.cuda.memory_allocated(device)
                 sync()
                 t0 = time.perf_counter()
-                call(models[role])
+                call(role)
                 sync()
                 latencies[role].append(time.perf_counter() - t0)
                 if cuda:
                     cuda_peak[role] = max(cuda_peak[role], torch.cuda.max_memory_allocated(device) - before)
         out = {}
-        for role in ROLES:
+        for role in roles:
             stats = _latency_stats(latencies[role], batch_size)
             if cuda:
                 stats["peak_memory_increase_bytes"] = int(cuda_peak[role])
@@ -319,7 +397,7 @@ def measure_pair(models: dict[str, Any], batch: dict[str, Any], device: str, rep
                     gc.collect()
                     _trim_heap()
                     with _RssPeak() as mem:
-                        call(models[role])
+                        call(role)
                     increase = max(increase, mem.increase)
                 stats["peak_memory_increase_bytes"] = int(increase)
             out[role] = stats
@@ -378,8 +456,16 @@ def run_benchmark(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
     trust_remote_code: bool = False,
+    onnx: bool = False,
+    texts: str | None = None,
 ) -> dict[str, Any]:
-    """Measure base vs pruned on every device and (batch size, seq len); returns the JSON-ready results."""
+    """Measure base vs pruned on every device and (batch size, seq len); returns the JSON-ready results.
+
+    ``onnx`` adds the pruned export's ONNX graph and its int8 graph (when written) on CPU, interleaved with the
+    torch models. ``texts`` (a corpus spec of :func:`bge_pruning.data.text.corpus_texts`: a ``.txt`` file, a
+    BEIR directory, ``sts:FILE``...) times real texts, truncated to the sequence length and padded to the batch's
+    longest, instead of random tokens with no padding.
+    """
     import torch
 
     started = time.perf_counter()
@@ -398,9 +484,35 @@ def run_benchmark(
         torch.set_num_threads(threads)
     log = log or (lambda msg: None)
 
+    if onnx and Path(pruned_dir).is_dir():  # before any model loads
+        load_onnx_models(Path(pruned_dir), 1, check_only=True)
+    corpus = None
+    if texts is not None:
+        from ..data.errors import DataError
+        from ..data.text import corpus_texts
+
+        try:
+            corpus = corpus_texts(texts)
+        except DataError as exc:
+            raise BenchmarkError(f"--texts {texts}: {exc}") from None
     loaded = {"base": load_model(base_dir, "base", dtype, trust_remote_code),
               "pruned": load_model(pruned_dir, "pruned", dtype, trust_remote_code)}
     base, pruned = loaded["base"], loaded["pruned"]
+    onnx_models, onnx_info = ({}, {})
+    if onnx:
+        if dtype != "float32":
+            raise BenchmarkError(f"--onnx compares float32 graphs with the torch models: use --dtype float32, "
+                                 f"not {dtype}")
+        onnx_models, onnx_info = load_onnx_models(pruned.model_dir, torch.get_num_threads())
+        if "pruned_int8" not in onnx_models:
+            log(f"note: {pruned.model_dir} has no {ONNX_ROLES['pruned_int8']} (export with --quantize int8); "
+                "timing the float32 graph only")
+    tokenizers = None
+    if corpus is not None:
+        from transformers import AutoTokenizer
+
+        tok = {role: AutoTokenizer.from_pretrained(str(loaded[role].model_dir)) for role in ROLES}
+        tokenizers = {**tok, **{role: tok["pruned"] for role in onnx_models}}
     if base.shape.hidden_size != pruned.shape.hidden_size:
         log(f"note: hidden sizes differ (base {base.shape.hidden_size}, pruned {pruned.shape.hidden_size})")
     limit = min(base.max_seq_len, pruned.max_seq_len)
@@ -422,25 +534,43 @@ def run_benchmark(
     for dev in devices:
         memory_methods[dev] = memory_method(dev)
         models = {role: loaded[role].model.to(dev) for role in ROLES}
+        if dev == "cpu":  # onnxruntime's CPU provider: timed next to the CPU torch models only
+            models.update(onnx_models)
         for t in seq_lens:
             for b in batch_sizes:
-                batch = random_batch(b, t, vocab, base.pad_token_id, seed + 1000 * t + b, dev)
-                measured = measure_pair(models, batch, dev, repeats, warmup)
+                real_tokens = None
+                if corpus is not None:
+                    batches, real_tokens = text_batches(corpus, {r: tokenizers[r] for r in models}, b, t,
+                                                        seed + 1000 * t + b, dev)
+                else:
+                    batch = random_batch(b, t, vocab, base.pad_token_id, seed + 1000 * t + b, dev)
+                    batches = {role: batch for role in models}
+                measured = measure_models(models, batches, dev, repeats, warmup)
                 base_p50 = measured["base"]["latency_s"]["p50"]
                 pruned_p50 = measured["pruned"]["latency_s"]["p50"]
                 speedup = base_p50 / pruned_p50 if pruned_p50 > 0 else None
                 ratio = flops[str(t)]["ratio"]
-                results.append({
+                row = {
                     "device": dev, "batch_size": b, "seq_len": t,
                     "base": measured["base"], "pruned": measured["pruned"],
                     "speedup": speedup, "flops_ratio": ratio,
                     "speedup_over_flops_ratio": speedup / ratio if speedup and ratio else None,
-                })
+                }
+                if real_tokens is not None:
+                    row["real_tokens_per_sequence"] = real_tokens
+                extra = [role for role in measured if role not in ROLES]
+                for role in extra:  # the ONNX graphs: speedup over the base torch model (another runtime)
+                    row[role] = measured[role]
+                    p50 = measured[role]["latency_s"]["p50"]
+                    row[role]["speedup_vs_base"] = base_p50 / p50 if p50 > 0 else None
+                results.append(row)
                 log(f"[{dev} batch={b} seq_len={t}] base p50 {base_p50 * 1e3:.2f} ms, pruned p50 "
-                    f"{pruned_p50 * 1e3:.2f} ms, speedup {_fmt(speedup, '.2f')}x (FLOPs ratio {_fmt(ratio, '.2f')}x)")
-                del batch
+                    f"{pruned_p50 * 1e3:.2f} ms, speedup {_fmt(speedup, '.2f')}x (FLOPs ratio {_fmt(ratio, '.2f')}x)"
+                    + "".join(f", {role} p50 {measured[role]['latency_s']['p50'] * 1e3:.2f} ms" for role in extra))
+                del batches
         for role in ROLES:
             loaded[role].model.to("cpu")
+        models.clear()
         if dev.startswith("cuda"):
             torch.cuda.empty_cache()
 
@@ -450,14 +580,19 @@ def run_benchmark(
         "pruned_dir": str(pruned.model_dir),
         "settings": {"batch_sizes": batch_sizes, "seq_lens": seq_lens, "repeats": repeats, "warmup": warmup,
                      "devices": devices, "threads": torch.get_num_threads(), "dtype": dtype, "seed": seed,
-                     "order": "interleaved: base,pruned on even repeats, pruned,base on odd repeats",
-                     "inputs": "random non-pad token ids, no padding, all-ones attention mask",
+                     "order": ("interleaved: base,pruned on even repeats, pruned,base on odd repeats" if not onnx_models
+                               else "interleaved: base,pruned," + ",".join(onnx_models)
+                               + " on even repeats, the reverse on odd repeats (ONNX graphs on CPU only)"),
+                     "inputs": ("random non-pad token ids, no padding, all-ones attention mask" if corpus is None else
+                                f"{len(corpus)} real texts of {texts}: batch_size drawn per configuration, truncated "
+                                "to seq_len, padded to the batch's longest (seq = the truncation length)"),
+                     "onnx": sorted(onnx_models) or None,
                      "throughput": "batch_size / p50 latency (sequences/s)",
                      "speedup": "base p50 latency / pruned p50 latency",
                      "flops_ratio": "base FLOPs / pruned FLOPs per sequence (compute-bound speedup limit)"},
         "memory_method": memory_methods,
         "environment": _environment(devices),
-        "models": {"base": base.info, "pruned": pruned.info},
+        "models": {"base": base.info, "pruned": pruned.info, **onnx_info},
         "params_ratio": {
             "encoder_layers": (p_params["encoder_layers"] / b_params["encoder_layers"]
                                if b_params["encoder_layers"] else None),
@@ -517,10 +652,37 @@ def format_report(res: dict[str, Any]) -> str:
     lines.append("-+-".join("-" * w for w in widths))
     for row in rows:
         lines.append(" | ".join(c.rjust(w) for c, w in zip(row, widths)))
+    onnx_roles = [role for role in ONNX_ROLES if role in res["models"]]
+    if onnx_roles:
+        lines.append("")
+        lines.append("ONNX graphs of the pruned export (onnxruntime CPU), timed in the same interleaved loop; "
+                     "speedup = base torch p50 / graph p50:")
+        header = ["batch", "seq", "model", "seq/s", "speedup vs base", "p50/p95 ms", "mem MiB", "file MiB"]
+        rows = []
+        for r in res["results"]:
+            for role in ("base", "pruned", *onnx_roles):
+                if role not in r:
+                    continue
+                m = r[role]
+                speed = r["speedup"] if role == "pruned" else m.get("speedup_vs_base", 1.0 if role == "base" else None)
+                size = (res["models"][role].get("file_bytes") if role in onnx_roles
+                        else res["models"][role]["weights_file_bytes"])
+                rows.append([str(r["batch_size"]), str(r["seq_len"]), {"base": "base (torch)",
+                             "pruned": "pruned (torch)", "pruned_onnx": "pruned ONNX fp32",
+                             "pruned_int8": "pruned ONNX int8"}[role],
+                             _fmt(m["throughput_seq_per_s"], ".1f"), _fmt(speed, ".2f") + "x",
+                             f"{m['latency_s']['p50'] * 1e3:.2f}/{m['latency_s']['p95'] * 1e3:.2f}",
+                             _mib(m.get("peak_memory_increase_bytes")), _mib(size)])
+        widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+        lines.append(" | ".join(h.rjust(w) for h, w in zip(header, widths)))
+        lines.append("-+-".join("-" * w for w in widths))
+        for row in rows:
+            lines.append(" | ".join(c.rjust(w) for c, w in zip(row, widths)))
     lines.append("")
     for dev, method in res["memory_method"].items():
         lines.append(f"memory ({dev}): {method}")
     s = res["settings"]
+    lines.append(f"inputs: {s['inputs']}")
     lines.append(f"{s['repeats']} timed repeats after {s['warmup']} warmup calls per model, interleaved; "
                  f"{s['threads']} CPU threads; wall time {res['wall_time_s']:.1f} s")
     return "\n".join(lines)
@@ -546,6 +708,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="write the throughput/speedup plot to this PNG")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="run modeling code shipped in a model directory that is not this project's own export")
+    p.add_argument("--onnx", action="store_true",
+                   help="also time PRUNED_DIR's onnx/model.onnx and its int8 graph (when written) with onnxruntime "
+                        "on CPU, interleaved with the torch models")
+    p.add_argument("--texts", default=None, metavar="SPEC",
+                   help="time real texts instead of random tokens: a .txt file (one per line), a BEIR directory, "
+                        "sts:FILE, ... (bge_pruning.data.text.corpus_texts); truncated to each --seq-lens value")
     return p
 
 
@@ -572,7 +740,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         _check_output_path(args.plot, "--plot", (".png", ".pdf", ".svg"))
         res = run_benchmark(args.base_dir, args.pruned_dir, batch_sizes=args.batch_sizes, seq_lens=args.seq_lens,
                             repeats=args.repeats, warmup=args.warmup, device=args.device, threads=args.threads,
-                            dtype=args.dtype, seed=args.seed, log=log, trust_remote_code=args.trust_remote_code)
+                            dtype=args.dtype, seed=args.seed, log=log, trust_remote_code=args.trust_remote_code,
+                            onnx=args.onnx, texts=args.texts)
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
