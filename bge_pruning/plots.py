@@ -17,8 +17,8 @@ Pareto input format (JSON; the quality benchmark writes it)::
       "spearman_label": "optional y-axis label, e.g. STS-B test Spearman x100",
       "runs": [
         {"name": "bge-m3", "method": "base", "encoder_params": 302700000, "total_params": 567800000,
-         "spearman": 0.862},
-        {"name": "target_60pct", "method": "l0-pruning", "encoder_params": 121100000, "spearman": 0.84}
+         "spearman": 86.2},
+        {"name": "target_60pct", "method": "l0-pruning", "encoder_params": 121100000, "spearman": 84.0}
       ]
     }
 
@@ -473,7 +473,7 @@ def plot_training(log: str | Path | Mapping[str, Any], out: str | Path) -> Path:
         ax.legend(fontsize=8)
     else:
         _no_data(ax, "no evaluation Spearman")
-    ax.set_title("STS Spearman at evaluations")
+    ax.set_title("STS Spearman x100 at evaluations")
 
     ax = axes[1, 2]
     if panels["params"]:

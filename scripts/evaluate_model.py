@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -145,20 +146,24 @@ def evaluate_one_model(model_dir: str, specs: list[TaskSpec], data: TaskData, ar
     results: dict[str, dict[str, float]] = {}
     for t in specs:
         logging.info("[%s] %s", role, t.spec)
+        heads = _heads_for(model, args.heads)
         if t.kind == "sts":
-            results[t.label] = evaluate_sts(model, data.get(t), batch_size=args.batch_size, show_progress=progress)
+            results[t.label] = evaluate_sts(model, data.get(t), batch_size=args.batch_size, show_progress=progress,
+                                            heads=heads, hybrid_weights=args.hybrid_weights)
         elif t.kind in ("paraphrase", "retrieval"):
             corpus, queries, qrels = data.get(t)
             results[t.label] = evaluate_retrieval(model, corpus, queries, qrels, k_values=RETRIEVAL_K,
-                                                  batch_size=args.batch_size, show_progress=progress)
+                                                  batch_size=args.batch_size, show_progress=progress,
+                                                  heads=heads, hybrid_weights=args.hybrid_weights)
         else:
             out = run_mteb(model, [data.mteb_task(t)], output_dir=mteb_dir, batch_size=args.batch_size,
                            show_progress=progress, max_examples=args.max_examples,
                            identity=model_identity(model_dir, model.path))
             metrics = {}
             for name, r in out.items():
+                # x100, the scale of every other score here (mteb's own result files keep its [0, 1]).
                 metrics[f"{r['main_score_name']}" if len(out) == 1 else f"{name}/{r['main_score_name']}"] = \
-                    r["main_score"]
+                    100.0 * r["main_score"]
             results[t.label] = metrics
     del model
     gc.collect()
@@ -170,6 +175,30 @@ def evaluate_one_model(model_dir: str, specs: list[TaskSpec], data: TaskData, ar
     except ImportError:
         pass
     return results
+
+
+def _heads_for(model, heads: list[str] | None) -> list[str] | None:
+    """``--heads`` for one model: what it asks, less the heads this model lacks (a dense-only baseline next to a
+    BGE-M3 export is scored on dense, with a note); None keeps the default (everything the model has)."""
+    if heads is None:
+        return None
+    has = {"dense": True, "sparse": model.has_sparse, "colbert": model.has_colbert,
+           "hybrid": model.has_sparse and model.has_colbert}
+    kept = [h for h in heads if has[h]]
+    if len(kept) < len(heads):
+        logging.warning("%s has no %s: scored on %s", model.name, ", ".join(h for h in heads if not has[h]),
+                        ", ".join(kept) or "dense")
+    return kept
+
+
+def _parse_heads(text: str) -> list[str]:
+    from bge_pruning.evaluation.sts import HEADS
+
+    heads = [h.strip() for h in text.split(",") if h.strip()]
+    unknown = [h for h in heads if h not in HEADS]
+    if not heads or unknown:
+        raise argparse.ArgumentTypeError(f"--heads takes a comma-separated subset of {','.join(HEADS)}, got {text!r}")
+    return heads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first N pairs (sts, paraphrase, local mteb STS) / first N queries (retrieval)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--heads", default=None, metavar="LIST",
+                   help="outputs to score, comma-separated: dense,sparse,colbert,hybrid (default: all the model "
+                        "has; hybrid is BGE-M3's weighted dense + sparse + colbert score, on both heads)")
+    p.add_argument("--hybrid-weights", type=float, nargs=3, default=(0.4, 0.2, 0.4), metavar=("DENSE", "SPARSE",
+                   "COLBERT"), help="weights of the hybrid score (default 0.4 0.2 0.4, FlagEmbedding's compute_score)")
     p.add_argument("--onnx", nargs="?", const="onnx/model.onnx", default=None, metavar="FILE",
                    help="score MODEL_DIR's ONNX graph on onnxruntime (CPU) instead of its torch weights: "
                         "onnx/model.onnx, or FILE inside MODEL_DIR such as onnx/model_qint8_avx512_vnni.onnx. "
@@ -211,6 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--batch-size must be >= 1, got {args.batch_size}", 2)
     if args.max_examples is not None and args.max_examples < 1:
         return fail(f"--max-examples must be >= 1, got {args.max_examples}", 2)
+    if args.heads is not None:
+        try:
+            args.heads = _parse_heads(args.heads)
+        except argparse.ArgumentTypeError as e:
+            return fail(str(e), 2)
+    w = args.hybrid_weights
+    if any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
+        return fail(f"--hybrid-weights must be 3 non-negative numbers with a positive sum, got {list(w)}", 2)
     try:
         specs = [parse_task_spec(s) for s in args.tasks]
     except SpecError as e:
@@ -290,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "wall_time_per_model_s": times,
                                      "settings": {"batch_size": args.batch_size, "max_examples": args.max_examples,
                                                   "device": args.device, "retrieval_k": list(RETRIEVAL_K),
-                                                  "onnx_file": args.onnx}})
+                                                  "onnx_file": args.onnx, "heads": args.heads,
+                                                  "hybrid_weights": list(args.hybrid_weights)}})
         if mteb_dir is not None:
             report["mteb_output_dir"] = str(mteb_dir)
         path = write_json(args.output, report)

@@ -208,7 +208,7 @@ def test_evaluate_sts_with_heads_matches_flagembedding_scores(tiny_xlmr_path):
     rng = np.random.default_rng(0)
     pairs = [(sents[i], sents[i + 8], float(s)) for i, s in enumerate(rng.uniform(0, 5, size=8))]
     out = evaluate_sts(EmbeddingModel.from_dir(tiny_xlmr_path), pairs, batch_size=5, show_progress=False)
-    assert set(out) == {"spearman", "pearson", "sparse_spearman", "colbert_spearman"}
+    assert set(out) == {"spearman", "pearson", "sparse_spearman", "colbert_spearman", "hybrid_spearman"}
 
     f = BGEM3FlagModel(str(tiny_xlmr_path), use_fp16=False, devices="cpu")
     e1 = f.encode([p[0] for p in pairs], return_dense=True, return_sparse=True, return_colbert_vecs=True)
@@ -220,6 +220,10 @@ def test_evaluate_sts_with_heads_matches_flagembedding_scores(tiny_xlmr_path):
     # dense metrics are checked on MiniLM above; the head scores are well spread)
     assert out["sparse_spearman"] == pytest.approx(spearman(gold, lex), abs=1e-4)
     assert out["colbert_spearman"] == pytest.approx(spearman(gold, col), abs=1e-4)
+    # hybrid as FlagEmbedding's compute_score combines them: (0.4 dense + 0.2 sparse + 0.4 colbert) / 1.0
+    dense = [float(a @ b) for a, b in zip(e1["dense_vecs"], e2["dense_vecs"])]
+    hybrid = [0.4 * d + 0.2 * s + 0.4 * c for d, s, c in zip(dense, lex, col)]
+    assert out["hybrid_spearman"] == pytest.approx(spearman(gold, hybrid), abs=1e-4)
 
 
 def test_stsb_dev_minilm(minilm, stsb_dir):
@@ -268,10 +272,17 @@ class FakeModel:
              "a": [1.0, 0.0], "b": [0.6, 0.8], "b2": [0.6, 0.8], "c": [0.0, 1.0]}
     SPARSE = {"x": {1: 1.0}, "y": {2: 1.0}, "a": {1: 0.5}, "b": {1: 0.2, 2: 0.3}, "b2": {2: 0.3}, "c": {3: 1.0}}
 
-    def encode_all(self, texts, batch_size=32, show_progress=True):
-        dense = np.array([self.DENSE[t] for t in texts], dtype=np.float32)
-        unit = dense / np.linalg.norm(dense, axis=1, keepdims=True)
-        return {"dense": dense, "sparse": [self.SPARSE[t] for t in texts], "colbert": [u[None, :] for u in unit]}
+    has_sparse = has_colbert = True
+
+    def encode_all(self, texts, batch_size=32, show_progress=True, dense=True, sparse=True, colbert=True):
+        vecs = np.array([self.DENSE[t] for t in texts], dtype=np.float32)
+        unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+        out = {"dense": vecs}
+        if sparse:
+            out["sparse"] = [self.SPARSE[t] for t in texts]
+        if colbert:
+            out["colbert"] = [u[None, :] for u in unit]
+        return out
 
 
 def test_evaluate_retrieval_known_rankings():
@@ -279,6 +290,7 @@ def test_evaluate_retrieval_known_rankings():
     queries = {"qx": "x", "qy": "y", "unjudged": "x"}
     qrels = {"qx": {"b2": 1}, "qy": {"b": 2, "a": 1}}
     out = evaluate_retrieval(FakeModel(), corpus, queries, qrels, k_values=(2, 10), show_progress=False)
+    out = {k: v / 100 for k, v in out.items()}  # reported x100; the hand values below are in [0, 1]
     # dense: qx cosines a=1, b=b2=0.6, c=0 -> a, b, b2, c (tie by id); qy: c=1, b=b2=0.8, a=0 -> c, b, b2, a
     qx_ndcg = (1 / math.log2(4)) / 1                                  # b2 at rank 3
     qy_ndcg = (2 / LOG2_3 + 1 / math.log2(5)) / (2 + 1 / LOG2_3)      # b (2) at rank 2, a (1) at rank 4
@@ -296,10 +308,42 @@ def test_evaluate_retrieval_known_rankings():
     # colbert reranking only the dense top 2: qx sees a, b (b2 lost); qy sees c, b
     rr = evaluate_retrieval(FakeModel(), corpus, queries, qrels, k_values=(10,), show_progress=False,
                             rerank_depth=2)
+    rr = {k: v / 100 for k, v in rr.items()}
     assert rr["colbert_ndcg@10"] == pytest.approx((0 + (2 / LOG2_3) / (2 + 1 / LOG2_3)) / 2)
     assert rr["colbert_recall@10"] == pytest.approx((0 + 1 / 2) / 2)
     with pytest.raises(ValueError, match="no query of qrels is in queries"):
         evaluate_retrieval(FakeModel(), corpus, {"other": "x"}, qrels, show_progress=False)
+
+    # hybrid (0.4 dense + 0.2 sparse + 0.4 colbert; colbert = cosine here): qx a .9, b .52, b2 .48, c 0;
+    # qy c .8, b = b2 .70, a 0: the dense order, so the dense values.
+    for k in ("ndcg@10", "mrr@10", "recall@2", "recall@10"):
+        assert out[f"hybrid_{k}"] == pytest.approx(out[k])
+    # Weights that keep one score alone give that score's ranking (the candidates cover the tiny corpus).
+    only_sparse = evaluate_retrieval(FakeModel(), corpus, queries, qrels, k_values=(10,), show_progress=False,
+                                     heads=["hybrid"], hybrid_weights=(0, 1, 0))
+    assert set(only_sparse) == {"ndcg@10", "mrr@10", "recall@10", "hybrid_ndcg@10", "hybrid_mrr@10",
+                                "hybrid_recall@10"}  # heads: dense always, then only what was asked
+    assert only_sparse["hybrid_mrr@10"] == pytest.approx(100 * (1 / 3 + 1) / 2)  # the sparse ranking's
+    assert only_sparse["hybrid_ndcg@10"] == pytest.approx(100 * out["sparse_ndcg@10"])
+    with pytest.raises(ValueError, match="heads: unknown"):
+        evaluate_retrieval(FakeModel(), corpus, queries, qrels, show_progress=False, heads=["lexical"])
+
+
+def test_hybrid_scores_and_sts_hybrid():
+    from bge_pruning.evaluation.metrics import spearman
+    from bge_pruning.evaluation.sts import hybrid_scores
+
+    assert hybrid_scores([1.0, 0.0], [0.5, 1.0], [0.0, 0.5]).tolist() == pytest.approx([0.5, 0.4])
+    assert hybrid_scores([1.0], [3.0], [5.0], (1, 1, 2)).tolist() == pytest.approx([(1 + 3 + 10) / 4])
+    with pytest.raises(ValueError, match="3 non-negative numbers"):
+        hybrid_scores([1.0], [1.0], [1.0], (0, 0, 0))
+    pairs = [("x", "a", 5.0), ("x", "b", 3.0), ("y", "b2", 4.0), ("y", "a", 0.5), ("x", "c", 1.0)]
+    out = evaluate_sts(FakeModel(), pairs, show_progress=False)
+    # cosines 1, .6, .8, 0, 0; lexical .5, .2, .3, 0, 0; colbert = cosine
+    hybrid = [0.8 * c + 0.2 * s for c, s in zip([1, 0.6, 0.8, 0, 0], [0.5, 0.2, 0.3, 0, 0])]
+    assert out["hybrid_spearman"] == pytest.approx(spearman([5.0, 3.0, 4.0, 0.5, 1.0], hybrid))
+    dense_only = evaluate_sts(FakeModel(), pairs, show_progress=False, heads=["dense"])
+    assert set(dense_only) == {"spearman", "pearson"}
 
 
 def test_evaluate_retrieval_minilm_finds_obvious_answers(minilm):
@@ -310,7 +354,7 @@ def test_evaluate_retrieval_minilm_finds_obvious_answers(minilm):
     qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d3": 1}}
     out = evaluate_retrieval(minilm, corpus, queries, qrels, show_progress=False)
     assert {"ndcg@10", "mrr@10", "recall@100"} <= set(out)
-    assert out["ndcg@10"] == 1.0 and out["mrr@10"] == 1.0 and out["recall@100"] == 1.0
+    assert out["ndcg@10"] == 100.0 and out["mrr@10"] == 100.0 and out["recall@100"] == 100.0  # x100
     assert not any(k.startswith(("sparse_", "colbert_")) for k in out)
 
 
@@ -345,9 +389,10 @@ def test_mteb_local_retrieval_task_matches_evaluate_retrieval(minilm, tmp_path):
     ours = evaluate_retrieval(minilm, corpus, queries, qrels, show_progress=False)
     out = run_mteb(minilm, [local_retrieval_task(beir)], output_dir=None, show_progress=False)
     scores = out["LocalRetrieval_beir"]["scores"]["test"][0]
-    assert out["LocalRetrieval_beir"]["main_score"] == pytest.approx(ours["ndcg@10"], abs=1e-6)
-    assert scores["mrr_at_10"] == pytest.approx(ours["mrr@10"], abs=1e-6)
-    assert scores["recall_at_100"] == pytest.approx(ours["recall@100"], abs=1e-6)
+    # ours are x100, mteb's in [0, 1]
+    assert 100 * out["LocalRetrieval_beir"]["main_score"] == pytest.approx(ours["ndcg@10"], abs=1e-4)
+    assert 100 * scores["mrr_at_10"] == pytest.approx(ours["mrr@10"], abs=1e-4)
+    assert 100 * scores["recall_at_100"] == pytest.approx(ours["recall@100"], abs=1e-4)
 
 
 def test_mteb_task_resolution_errors(tmp_path):
@@ -412,7 +457,7 @@ def test_cli_end_to_end_with_baseline(minilm, minilm_path, sts_file, tmp_path):
     sts_label = "sts:sts-small.csv"
     ref = evaluate_sts(minilm, load_sts(str(sts_file), max_examples=20), show_progress=False)
     assert data["results"][sts_label]["spearman"] == pytest.approx(ref["spearman"], abs=1e-6)
-    assert data["results"]["mteb:sts-small.csv"]["cosine_spearman"] == pytest.approx(ref["spearman"] / 100, abs=1e-8)
+    assert data["results"]["mteb:sts-small.csv"]["cosine_spearman"] == pytest.approx(ref["spearman"], abs=1e-6)  # x100
     assert {"ndcg@10", "mrr@10", "recall@100"} <= set(data["results"]["paraphrase:sts-small.csv"])
     for task, metrics in data["retention_pct"].items():
         for metric, value in metrics.items():
@@ -447,3 +492,28 @@ def test_cli_bad_specs(minilm_path, tmp_path, capsys):
     assert (spec.kind, spec.source, spec.split) == ("sts", "mteb/stsbenchmark-sts", "validation")
     spec = cli.parse_task_spec(f"paraphrase:{sts}")
     assert (spec.source, spec.split) == (str(sts), None)
+
+
+def test_cli_heads_and_hybrid(tiny_xlmr_path, sts_file, tmp_path, capsys):
+    """``--heads dense,hybrid`` on a model with both BGE-M3 heads scores exactly those, with the library's numbers;
+    a bad list is one line and exit 2."""
+    from bge_pruning.data import load_sts
+    from bge_pruning.evaluation.encoder import EmbeddingModel
+
+    cli = _load_cli()
+    out_json = tmp_path / "heads.json"
+    assert cli.main([str(tiny_xlmr_path), "--tasks", f"sts:{sts_file}", "--heads", "dense,hybrid", "--output",
+                     str(out_json), "--device", "cpu", "--no-progress", "--max-examples", "30"]) == 0
+    data = json.loads(out_json.read_text())
+    got = data["results"]["sts:sts-small.csv"]
+    assert set(got) == {"spearman", "pearson", "hybrid_spearman"}
+    model = EmbeddingModel.from_dir(tiny_xlmr_path)
+    ref = evaluate_sts(model, load_sts(str(sts_file), max_examples=30), show_progress=False, heads=["hybrid"])
+    assert got["hybrid_spearman"] == pytest.approx(ref["hybrid_spearman"], abs=1e-9)
+    assert data["settings"]["heads"] == ["dense", "hybrid"] and data["settings"]["hybrid_weights"] == [0.4, 0.2, 0.4]
+    capsys.readouterr()
+    assert cli.main([str(tiny_xlmr_path), "--tasks", f"sts:{sts_file}", "--heads", "dense,lexical"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--heads takes a comma-separated subset of dense,sparse,colbert,hybrid" in err
+    assert cli.main([str(tiny_xlmr_path), "--tasks", f"sts:{sts_file}", "--hybrid-weights", "0", "0", "0"]) == 2
+    assert "--hybrid-weights must be 3 non-negative numbers" in capsys.readouterr().err

@@ -161,7 +161,18 @@ def test_in_batch_mrr_matches_hand_ranks():
     scores = torch.tensor([[0.5, 0.9, 0.1, 0.2], [0.3, 0.1, 0.8, 0.7]])
     metric = InBatchMRR()
     metric.update(scores, n_passages_per_query=2)
-    assert metric.compute().item() == pytest.approx((1 / 2 + 1 / 1) / 2)
+    assert metric.compute().item() == pytest.approx(100 * (1 / 2 + 1 / 1) / 2)  # x100, as every reported score
+
+
+def test_sts_spearman_metric_is_x100():
+    from scipy.stats import spearmanr
+
+    from bge_pruning.models.composer_bge_m3 import STSSpearman
+
+    cos, gold = torch.tensor([0.1, 0.9, 0.4, 0.3, 0.8]), torch.tensor([1.0, 4.5, 2.0, 3.0, 4.0])
+    metric = STSSpearman()
+    metric.update(cos, gold)
+    assert metric.compute().item() == pytest.approx(100 * spearmanr(cos, gold).statistic)  # 90.0
 
 
 def test_bge_m3_head_files_are_loaded(tmp_path, tiny_xlmr_path):

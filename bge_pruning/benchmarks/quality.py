@@ -379,8 +379,7 @@ def score_model(model_dir: Path | str, dev_pairs: Sequence[Any], scifact: tuple 
         corpus, queries, qrels = scifact
         ret = evaluate_retrieval(model, corpus, queries, qrels, k_values=(10, 100), batch_size=batch_size,
                                  show_progress=False)
-        scores.update({"ndcg10": 100 * ret["ndcg@10"], "mrr10": 100 * ret["mrr@10"],
-                       "recall100": 100 * ret["recall@100"]})
+        scores.update({"ndcg10": ret["ndcg@10"], "mrr10": ret["mrr@10"], "recall100": ret["recall@100"]})
     if cache is not None:
         cache.write_text(json.dumps({"key": key, "scores": scores, "eval_seconds": time.time() - started}, indent=2))
     return scores

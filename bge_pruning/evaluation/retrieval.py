@@ -23,7 +23,9 @@ import numpy as np
 from bge_pruning.models.heads import colbert_pair_score, lexical_score
 
 from .metrics import ranking_metrics
-from .sts import pair_fields
+from .sts import HYBRID_WEIGHTS, hybrid_scores, pair_fields, resolve_heads
+
+HYBRID_DEPTH = 100  # candidates per query from each of dense and sparse, for the hybrid ranking
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +71,17 @@ def _check_inputs(corpus, queries, qrels, k_values) -> tuple[list, dict]:
 def evaluate_retrieval(model, corpus: Mapping[Hashable, Any], queries: Mapping[Hashable, str],
                        qrels: Mapping[Hashable, Mapping[Hashable, float]], k_values: Sequence[int] = (10, 100),
                        batch_size: int = 32, show_progress: bool = True,
-                       rerank_depth: int | None = None) -> dict[str, float]:
-    """Dense (and sparse / colbert when the model has the heads) retrieval metrics.
+                       rerank_depth: int | None = None, heads: Sequence[str] | None = None,
+                       hybrid_weights: Sequence[float] = HYBRID_WEIGHTS) -> dict[str, float]:
+    """Dense (and sparse / colbert when the model has the heads) retrieval metrics, x100 (the scale of every score
+    the project reports; :func:`bge_pruning.evaluation.metrics.ranking_metrics` gives them in [0, 1], as mteb).
 
-    Only queries with a relevant document in ``qrels`` are encoded and averaged.
+    Only queries with a relevant document in ``qrels`` are encoded and averaged. ``heads`` (dense, sparse,
+    colbert, hybrid; default: what the model has) chooses the rankings. ``hybrid`` is BGE-M3's hybrid retrieval:
+    each query's candidates are the union of its dense and sparse top ``rerank_depth`` (default 100), ranked by
+    the weighted mean of the three scores (:func:`bge_pruning.evaluation.sts.hybrid_scores`).
     """
+    chosen = resolve_heads(model, heads)
     k_values = tuple(k_values)
     if rerank_depth is not None and (isinstance(rerank_depth, bool) or not isinstance(rerank_depth, int)
                                      or rerank_depth < 1):
@@ -88,8 +96,9 @@ def evaluate_retrieval(model, corpus: Mapping[Hashable, Any], queries: Mapping[H
             raise TypeError(f"queries[{q!r}]: expected a string, got {type(queries[q]).__name__}")
         q_texts.append(queries[q])
 
-    d_enc = model.encode_all(doc_texts, batch_size=batch_size, show_progress=show_progress)
-    q_enc = model.encode_all(q_texts, batch_size=batch_size, show_progress=show_progress)
+    flags = {"sparse": "sparse" in chosen or "hybrid" in chosen, "colbert": "colbert" in chosen or "hybrid" in chosen}
+    d_enc = model.encode_all(doc_texts, batch_size=batch_size, show_progress=show_progress, **flags)
+    q_enc = model.encode_all(q_texts, batch_size=batch_size, show_progress=show_progress, **flags)
 
     def as_results(rows: list[tuple[np.ndarray, np.ndarray]]) -> dict:
         return {q: {doc_ids[i]: float(s) for i, s in zip(idx, sc)} for q, (idx, sc) in zip(qids, rows)}
@@ -102,14 +111,39 @@ def evaluate_retrieval(model, corpus: Mapping[Hashable, Any], queries: Mapping[H
     dense_rows = _dense_candidates(qv, d, top)
     out = ranking_metrics(as_results(dense_rows), judged, k_values)
 
-    if "sparse" in d_enc:
+    if "sparse" in chosen:
         out.update(ranking_metrics(as_results(_sparse_search(q_enc["sparse"], d_enc["sparse"], top)),
                                    judged, k_values, prefix="sparse_"))
-    if "colbert" in d_enc:
+    if "colbert" in chosen:
         cand = None if rerank_depth is None else [idx for idx, _ in _dense_candidates(qv, d, rerank_depth)]
         out.update(ranking_metrics(as_results(_colbert_search(q_enc["colbert"], d_enc["colbert"], top, cand)),
                                    judged, k_values, prefix="colbert_"))
-    return out
+    if "hybrid" in chosen:
+        depth = rerank_depth or HYBRID_DEPTH
+        cand = [np.union1d(a, b) for (a, _), (b, _) in zip(_dense_candidates(qv, d, depth),
+                                                           _sparse_search(q_enc["sparse"], d_enc["sparse"], depth))]
+        rows = _hybrid_search(qv, d, q_enc["sparse"], d_enc["sparse"], q_enc["colbert"], d_enc["colbert"], cand,
+                              top, hybrid_weights)
+        out.update(ranking_metrics(as_results(rows), judged, k_values, prefix="hybrid_"))
+    return {k: 100.0 * v for k, v in out.items()}
+
+
+def _hybrid_search(qv: np.ndarray, d: np.ndarray, q_sparse: list[dict], d_sparse: list[dict],
+                   q_colbert: list[np.ndarray], d_colbert: list[np.ndarray], candidates: list[np.ndarray], top: int,
+                   weights: Sequence[float]) -> list:
+    import torch
+
+    rows = []
+    for qi, cand in enumerate(candidates):
+        cand = np.sort(np.asarray(cand, dtype=np.int64))
+        qt = torch.from_numpy(q_colbert[qi])
+        dense = d[cand] @ qv[qi]
+        lex = [lexical_score(q_sparse[qi], d_sparse[i]) for i in cand]
+        col = [colbert_pair_score(qt, torch.from_numpy(d_colbert[i])) for i in cand]
+        scores = hybrid_scores(dense, lex, col, weights)
+        local = _top_k(scores, top)
+        rows.append((cand[local], scores[local]))
+    return rows
 
 
 def _dense_candidates(qv: np.ndarray, d: np.ndarray, depth: int) -> list:

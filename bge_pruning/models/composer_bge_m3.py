@@ -20,8 +20,17 @@ from .loading import (ModelLoadError, check_tokenizer_matches, find_head_file, l
 from .masked_encoder import MaskedBGEM3Backbone
 
 
+class STSSpearman(SpearmanCorrCoef):
+    """Spearman correlation of cosine similarities with gold scores, x100: the scale of every table, report and
+    plot of the project (``evaluate_model.py``, the before/after table, the benchmarks)."""
+
+    def compute(self) -> torch.Tensor:
+        return 100.0 * super().compute()
+
+
 class InBatchMRR(Metric):
-    """Mean reciprocal rank of each query's positive among all passages of its batch."""
+    """Mean reciprocal rank (x100, as every score of the project) of each query's positive among all passages of
+    its batch."""
 
     full_state_update = False
 
@@ -38,7 +47,7 @@ class InBatchMRR(Metric):
         self.count += scores.shape[0]
 
     def compute(self) -> torch.Tensor:
-        return self.rr_sum / self.count.clamp(min=1)
+        return 100.0 * self.rr_sum / self.count.clamp(min=1)
 
 
 # the loss.* weights that need a teacher
@@ -333,7 +342,7 @@ class ComposerBGEM3(ComposerModel):
                 "n": int(batch["n_passages_per_query"])}
 
     def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
-        return {} if is_train else {"STSSpearman": SpearmanCorrCoef(), "InBatchMRR": InBatchMRR()}
+        return {} if is_train else {"STSSpearman": STSSpearman(), "InBatchMRR": InBatchMRR()}
 
     def update_metric(self, batch: Mapping[str, Any], outputs: Mapping[str, Any], metric: Metric) -> None:
         if isinstance(metric, SpearmanCorrCoef) and outputs["task"] == "sts":
