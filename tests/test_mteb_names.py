@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bge_pruning.evaluation.mteb_wrapper import model_identity, split_of_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,3 +47,49 @@ def test_pruned_model_and_base_get_their_own_mteb_folders(tmp_path, minilm_path)
     from transformers import AutoModel
 
     assert meta["n_parameters"] == sum(p.numel() for p in AutoModel.from_pretrained(out).parameters())
+
+
+def test_mteb_evaluate_on_sentence_transformer_equals_the_project_wrapper(minilm_path, tmp_path):
+    """What the README says: ``mteb.evaluate(SentenceTransformer(export), task)`` gives the score the project's
+    wrapper gives (``evaluate_model.py ... mteb:``), on a pruned custom-class export, for an STS and a retrieval
+    task. The wrapper encodes through its own EmbeddingModel, mteb through sentence-transformers."""
+    import mteb
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    from bge_pruning.evaluation.encoder import EmbeddingModel
+    from bge_pruning.evaluation.mteb_wrapper import local_retrieval_task, local_sts_task, run_mteb
+    from bge_pruning.evaluation.retrieval import paraphrase_retrieval_from_sts
+    from bge_pruning.export import export_pruned_model
+    from bge_pruning.models.masked_encoder import MaskedBGEM3Backbone
+    from test_export import MINILM_HEADS, MINILM_INTER, MINILM_LAYER_Z, _masks
+
+    backbone = MaskedBGEM3Backbone.from_pretrained(str(minilm_path)).eval()
+    export = export_pruned_model(backbone, tmp_path / "export", AutoTokenizer.from_pretrained(str(minilm_path)),
+                                 _masks(MINILM_HEADS, MINILM_INTER, 12, 1536, MINILM_LAYER_Z), pooling="mean",
+                                 info={"base_model": "embedded:all-MiniLM-L6-v2"})
+    sts = ROOT / "data" / "demo_sts" / "test.tsv"
+    from bge_pruning.data import load_sts
+
+    # Pairs scored 2.5 and up count as relevant (not only near-paraphrases), over train + test second sentences,
+    # so the ranking is not trivially perfect.
+    corpus, queries, qrels = paraphrase_retrieval_from_sts(load_sts(str(sts)) + load_sts(str(sts.with_name("train.tsv"))),
+                                                           min_score=2.5)
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n"
+                                               for d, t in corpus.items()))
+    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t{r}\n" for q, docs in qrels.items() for d, r in docs.items()))
+
+    ours = run_mteb(EmbeddingModel.from_dir(export), [str(sts), str(beir)], output_dir=None, show_progress=False)
+    st = SentenceTransformer(str(export), device="cpu", trust_remote_code=True)
+    theirs = mteb.evaluate(st, [local_sts_task(sts), local_retrieval_task(beir)], cache=None,
+                           show_progress_bar=False, co2_tracker=False)
+    by_name = {r.task_name: r.get_score() for r in theirs}
+    assert set(by_name) == set(ours) == {"LocalSTS_test", "LocalRetrieval_beir"}
+    for name, r in ours.items():
+        print(f"\n[mteb] {name}: wrapper {r['main_score']:.6f}, mteb.evaluate(SentenceTransformer) {by_name[name]:.6f}")
+        assert by_name[name] == pytest.approx(r["main_score"], abs=1e-4)
+    assert ours["LocalRetrieval_beir"]["main_score"] < 0.99  # a ranking with mistakes to agree on
