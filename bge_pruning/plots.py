@@ -570,6 +570,51 @@ def label_below(run: ParetoRun, runs: Sequence[ParetoRun]) -> bool:
                and 0 <= o.spearman - run.spearman < 0.04 * span for o in runs)
 
 
+def is_evaluate_report(obj: Any) -> bool:
+    """Whether ``obj`` is the JSON ``scripts/evaluate_model.py --output`` writes (not a ``{"runs": [...]}`` file)."""
+    return isinstance(obj, Mapping) and "model_dir" in obj and isinstance(obj.get("results"), Mapping)
+
+
+def pareto_from_evaluate_reports(reports: Sequence[Mapping[str, Any]] | Sequence[str | Path], task: str | None = None,
+                                 metric: str = "spearman") -> dict[str, Any]:
+    """A Pareto file (``{"runs": [...]}``) from ``evaluate_model.py`` reports: one point per evaluated model and per
+    baseline (a model evaluated in several reports appears once), parameters from the reports' ``params``, the y
+    value ``results[task][metric]`` (``task`` may be left out when each report has one task)."""
+    loaded = [r if isinstance(r, Mapping) else _read_json(Path(r), "evaluate_model.py report") for r in reports]
+    names = [str(r) if not isinstance(r, Mapping) else "report" for r in reports]
+    runs: dict[str, dict[str, Any]] = {}
+    for source, rep in zip(names, loaded):
+        if not is_evaluate_report(rep):
+            raise PlotError(f"{source}: not an evaluate_model.py report (no model_dir / results)")
+        params = rep.get("params") or {}
+        for role, dir_key, res_key in (("baseline", "baseline_dir", "baseline_results"), ("model", "model_dir", "results")):
+            results = rep.get(res_key)
+            if not rep.get(dir_key) or not isinstance(results, Mapping):
+                continue
+            labels = list(results)
+            label = task if task is not None else (labels[0] if len(labels) == 1 else None)
+            if label is None:
+                raise PlotError(f"{source}: several tasks ({', '.join(labels)}): choose one with --task")
+            if label not in results or metric not in results[label]:
+                have = ", ".join(f"{t}: {', '.join(m)}" for t, m in results.items())
+                raise PlotError(f"{source}: no {metric!r} for task {label!r} (has {have})")
+            counts = params.get(role) or {}
+            if not counts:
+                raise PlotError(f"{source}: no parameter counts for the {role} (re-run evaluate_model.py: its reports "
+                                "record them under 'params')")
+            name = Path(str(rep[dir_key])).name if "/" in str(rep[dir_key]) else str(rep[dir_key])
+            if Path(str(rep[dir_key])).name in ("model", "hf", "export"):  # every export is .../model: add its run
+                name = f"{Path(str(rep[dir_key])).parent.name}/{Path(str(rep[dir_key])).name}"
+            runs.setdefault(str(rep[dir_key]), {"name": name, "method": "base" if role == "baseline" else "evaluated",
+                                                "encoder_params": counts.get("encoder_layers"),
+                                                "total_params": counts.get("total"), "score": results[label][metric]})
+    if not runs:
+        raise PlotError("no evaluated model in the reports")
+    first = task or next(iter(loaded[0]["results"]))
+    return {"runs": list(runs.values()), "score_label": f"{first} {metric} (x100)",
+            "title": f"Quality vs size: {first} ({len(runs)} models)"}
+
+
 def plot_pareto(data: str | Path | Mapping[str, Any], out: str | Path, x: str = "auto",
                 metric: str = "spearman") -> Path:
     """Parameters vs ``metric`` (Spearman by default), one colour/marker per method, the Pareto front dashed, every
@@ -689,6 +734,18 @@ def plot_efficiency(results: Mapping[str, Any] | str | Path, out: str | Path) ->
 
 
 # ====================================================================== CLI (scripts/plot.py)
+def default_out(args: Any) -> Path:
+    """Where a plot goes without ``--out``: beside what it plots, never silently into the working directory."""
+    if args.command == "masks":
+        src = Path(args.source)
+        return src.parent / f"{src.name}_kept.png" if src.is_dir() else src.with_name(f"{src.stem}_kept.png")
+    if args.command == "training":
+        return Path(args.run_log).with_name("curves.png")
+    first = Path(args.results[0] if isinstance(args.results, list) else args.results)
+    return first.with_suffix(".png")
+
+
+
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     import argparse
     import sys
@@ -698,30 +755,43 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     m = sub.add_parser("masks", help="kept heads per layer (heatmap) and kept intermediate units per layer (bars)")
     m.add_argument("source", metavar="MODEL_DIR_OR_ZS_FILE",
                    help="an export directory (pruning_info.json), a pruning_info.json, or a zs_s{step}.pt file")
-    m.add_argument("--out", type=Path, default=Path("kept.png"))
+    m.add_argument("--out", type=Path, default=None,
+                   help="default: beside the source, <export dir>_kept.png or <file>_kept.png")
     t = sub.add_parser("training", help="sparsity vs target, lambdas, loss and eval Spearman over steps")
     t.add_argument("run_log", metavar="RUN_LOG.jsonl")
-    t.add_argument("--out", type=Path, default=Path("curves.png"))
-    q = sub.add_parser("pareto", help='parameters vs Spearman of {"runs": [...]} (see bge_pruning/plots.py)')
-    q.add_argument("results", metavar="RESULTS.json")
-    q.add_argument("--out", type=Path, default=Path("pareto.png"))
+    t.add_argument("--out", type=Path, default=None, help="default: curves.png beside RUN_LOG.jsonl")
+    q = sub.add_parser("pareto", help='parameters vs Spearman of {"runs": [...]} (see bge_pruning/plots.py), or of '
+                                      "evaluate_model.py reports (one point per model and baseline)")
+    q.add_argument("results", metavar="RESULTS.json", nargs="+",
+                   help='a {"runs": [...]} file (benchmark_quality.py\'s results.json), or one or more '
+                        "evaluate_model.py --output reports")
+    q.add_argument("--out", type=Path, default=None, help="default: the first RESULTS file's name with .png")
+    q.add_argument("--task", default=None, help="evaluate_model.py reports: the task label (needed when a report "
+                                                "has several tasks), e.g. sts:sts-dev.csv")
     q.add_argument("--x", choices=("auto", "encoder", "total"), default="auto",
                    help="parameter count on the x axis (auto: encoder_params if every run has it, else total_params)")
     q.add_argument("--metric", default="spearman",
                    help="the runs' key on the y axis: spearman (default), or ndcg10 in the quality benchmark's results")
     e = sub.add_parser("efficiency", help="re-plot the JSON written by scripts/benchmark_efficiency.py --output")
     e.add_argument("results", metavar="EFFICIENCY.json")
-    e.add_argument("--out", type=Path, default=Path("efficiency.png"))
+    e.add_argument("--out", type=Path, default=None, help="default: EFFICIENCY.json's name with .png")
     args = p.parse_args(argv)
     try:
+        out = args.out if args.out is not None else default_out(args)
         if args.command == "masks":
-            path = plot_masks(args.source, args.out)
+            path = plot_masks(args.source, out)
         elif args.command == "training":
-            path = plot_training(args.run_log, args.out)
+            path = plot_training(args.run_log, out)
         elif args.command == "pareto":
-            path = plot_pareto(args.results, args.out, x=args.x, metric=args.metric)
+            sources = [Path(r) for r in args.results]
+            first = _read_json(sources[0], "Pareto results")
+            if len(sources) > 1 or is_evaluate_report(first):
+                data = pareto_from_evaluate_reports(sources, args.task, args.metric)
+                path = plot_pareto(data, out, x=args.x, metric="score")
+            else:
+                path = plot_pareto(sources[0], out, x=args.x, metric=args.metric)
         else:
-            path = plot_efficiency(args.results, args.out)
+            path = plot_efficiency(args.results, out)
     except PlotError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

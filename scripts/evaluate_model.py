@@ -165,6 +165,7 @@ def evaluate_one_model(model_dir: str, specs: list[TaskSpec], data: TaskData, ar
                 metrics[f"{r['main_score_name']}" if len(out) == 1 else f"{name}/{r['main_score_name']}"] = \
                     100.0 * r["main_score"]
             results[t.label] = metrics
+    PARAMS[role] = _param_counts(model)
     del model
     gc.collect()
     try:
@@ -175,6 +176,32 @@ def evaluate_one_model(model_dir: str, specs: list[TaskSpec], data: TaskData, ar
     except ImportError:
         pass
     return results
+
+
+# Parameter counts of the models evaluated in this process, by role (the report's "params", which
+# `plot.py pareto` reads).
+PARAMS: dict[str, dict[str, int] | None] = {}
+
+
+def _param_counts(model) -> dict[str, int] | None:
+    """``{"total", "encoder_layers"}`` from ``bge_pruning.shapes`` (the one source of counts) for a torch model;
+    for an ONNX graph, the export's ``pruning_info.json`` counts; None when neither is available."""
+    import json as _json
+
+    from bge_pruning.shapes import EncoderShape, count_params
+
+    net = model.model
+    try:
+        shape = EncoderShape.from_hf_config(net.config, has_pooler=getattr(net, "pooler", None) is not None)
+        counts = count_params(shape)
+        return {"total": int(counts.total), "encoder_layers": int(counts.encoder_layers)}
+    except (AttributeError, TypeError, ValueError):
+        info = (model.path / "pruning_info.json") if model.path is not None else None
+        if info is not None and info.is_file():
+            exported = _json.loads(info.read_text()).get("params", {}).get("exported", {})
+            if "total" in exported:
+                return {"total": int(exported["total"]), "encoder_layers": int(exported["encoder_layers"])}
+    return None
 
 
 def _heads_for(model, heads: list[str] | None) -> list[str] | None:
@@ -330,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                               wall_time_s=wall,
                               extra={"task_labels": {t.label: t.spec for t in specs},
                                      "wall_time_per_model_s": times,
+                                     "params": dict(PARAMS),
                                      "settings": {"batch_size": args.batch_size, "max_examples": args.max_examples,
                                                   "device": args.device, "retrieval_k": list(RETRIEVAL_K),
                                                   "onnx_file": args.onnx, "heads": args.heads,

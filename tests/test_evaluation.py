@@ -511,6 +511,9 @@ def test_cli_heads_and_hybrid(tiny_xlmr_path, sts_file, tmp_path, capsys):
     ref = evaluate_sts(model, load_sts(str(sts_file), max_examples=30), show_progress=False, heads=["hybrid"])
     assert got["hybrid_spearman"] == pytest.approx(ref["hybrid_spearman"], abs=1e-9)
     assert data["settings"]["heads"] == ["dense", "hybrid"] and data["settings"]["hybrid_weights"] == [0.4, 0.2, 0.4]
+    # the parameter counts plot.py pareto reads: count_params of the config's shape, = the module's numel
+    assert data["params"]["model"]["total"] == sum(p.numel() for p in model.model.parameters())
+    assert set(data["params"]) == {"model"}  # no baseline was evaluated
     capsys.readouterr()
     assert cli.main([str(tiny_xlmr_path), "--tasks", f"sts:{sts_file}", "--heads", "dense,lexical"]) == 2
     err = capsys.readouterr().err

@@ -272,3 +272,60 @@ def test_plot_efficiency_image_and_cli(tmp_path, capsys):
     pareto.write_text(json.dumps(RUNS))
     assert main(["pareto", str(pareto), "--out", str(tmp_path / "p.png"), "--x", "total"]) == 0
     assert (tmp_path / "p.png").stat().st_size > 15 * 1024
+
+
+def test_cli_default_outputs_go_beside_the_input(tmp_path, capsys, monkeypatch):
+    """Without --out nothing lands in the working directory: each plot is written beside what it plots."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "pruning_info.json").write_text(json.dumps(_info()))
+    _write_log(run / "train_log.jsonl")
+    assert main(["masks", str(run / "model")]) == 0
+    assert main(["training", str(run / "train_log.jsonl")]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {run / 'model_kept.png'}" in printed and f"wrote {run / 'curves.png'}" in printed
+    _assert_image(run / "model_kept.png")
+    _assert_image(run / "curves.png", min_w=1000, min_h=600)
+    assert list(cwd.iterdir()) == []
+
+
+def _report(model_dir, base_dir, spearman, base_spearman, params, base_params, tasks=("sts:dev.csv",)):
+    return {"model_dir": model_dir, "baseline_dir": base_dir,
+            "results": {t: {"spearman": spearman, "pearson": spearman - 1} for t in tasks},
+            "baseline_results": {t: {"spearman": base_spearman, "pearson": base_spearman - 1} for t in tasks},
+            "params": {"model": {"total": params + 100, "encoder_layers": params},
+                       "baseline": {"total": base_params + 100, "encoder_layers": base_params}}}
+
+
+def test_pareto_from_evaluate_model_reports(tmp_path, capsys):
+    from bge_pruning.plots import pareto_from_evaluate_reports
+
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    a.write_text(json.dumps(_report("/x/run60/model", "embedded:all-MiniLM-L6-v2", 85.0, 86.7, 6_000_000, 10_000_000)))
+    b.write_text(json.dumps(_report("/x/run50/model", "embedded:all-MiniLM-L6-v2", 84.0, 86.7, 5_000_000, 10_000_000)))
+    data = pareto_from_evaluate_reports([a, b])
+    runs = {r["name"]: r for r in data["runs"]}
+    assert set(runs) == {"embedded:all-MiniLM-L6-v2", "run60/model", "run50/model"}  # the shared base once
+    assert runs["run50/model"]["score"] == 84.0 and runs["run50/model"]["encoder_params"] == 5_000_000
+    assert runs["embedded:all-MiniLM-L6-v2"]["method"] == "base" and runs["embedded:all-MiniLM-L6-v2"]["score"] == 86.7
+    assert data["score_label"] == "sts:dev.csv spearman (x100)"
+    assert main(["pareto", str(a), str(b)]) == 0  # default output beside the first report
+    assert f"wrote {tmp_path / 'a.png'}" in capsys.readouterr().out
+    _assert_image(tmp_path / "a.png")
+    assert main(["pareto", str(a), "--metric", "pearson", "--out", str(tmp_path / "p.png")]) == 0
+
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps(_report("/x/m", None, 80.0, 0, 1, 1, tasks=("sts:a", "sts:b"))))
+    with pytest.raises(PlotError, match="several tasks .*choose one with --task"):
+        pareto_from_evaluate_reports([two])
+    assert pareto_from_evaluate_reports([two], task="sts:b")["runs"][0]["score"] == 80.0
+    old = _report("/x/m", None, 80.0, 0, 1, 1)
+    old.pop("params")
+    with pytest.raises(PlotError, match="no parameter counts for the model"):
+        pareto_from_evaluate_reports([old])
+    with pytest.raises(PlotError, match="no 'ndcg@10' for task 'sts:dev.csv'"):
+        pareto_from_evaluate_reports([a], metric="ndcg@10")
