@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 import types
 import warnings
@@ -117,7 +119,7 @@ def test_minilm_export_reloads_equal(minilm, minilm_exports, vanilla, capsys):
         assert "auto_map" not in config and not (path / "modeling_pruned.py").exists()
         assert config["num_attention_heads"] == 12 and config["intermediate_size"] == max(kept_inter) == 1536
     else:
-        assert config["model_type"] == "pruned-bert" and "roberta" not in config["model_type"]
+        assert config["model_type"] == "bert"  # stock: AutoConfig / AutoTokenizer need no remote code
         assert config["auto_map"] == {"AutoConfig": "modeling_pruned.PrunedBertConfig",
                                       "AutoModel": "modeling_pruned.PrunedBertModel"}
         assert (path / "modeling_pruned.py").is_file()
@@ -190,7 +192,9 @@ def test_minilm_export_sentence_transformers(minilm, minilm_exports, vanilla, ca
 def test_minilm_custom_export_needs_trust_remote_code(minilm_exports):
     from transformers import AutoModel
 
-    with pytest.raises(ValueError, match="trust_remote_code"):
+    # The config has the stock model type (so AutoTokenizer needs no remote code): without trust_remote_code
+    # AutoModel builds the stock class, which refuses the per-layer weights instead of loading them wrong.
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
         AutoModel.from_pretrained(str(minilm_exports[False]), trust_remote_code=False)
 
 
@@ -255,7 +259,7 @@ def test_tiny_xlmr_flag_embedding(tiny, tmp_path, vanilla, capsys):
     if vanilla:
         assert config["model_type"] == "xlm-roberta" and "auto_map" not in config
     else:
-        assert config["model_type"] == "pruned-xlm-roberta"
+        assert config["model_type"] == "xlm-roberta" and "AutoModel" in config["auto_map"]
         assert config["heads_per_layer"] == TINY_HEADS and config["intermediate_per_layer"] == TINY_INTER
     assert (path / SPARSE_FILE).is_file() and (path / COLBERT_FILE).is_file()
 
@@ -328,7 +332,7 @@ def test_half_precision_backbone_without_pooler(tiny_xlmr_path, tmp_path):
     zs = {"head_z": torch.tensor([[1.0, 1.0, 1.0, 1.0]] * 4)}  # nothing pruned, but no pooler
     path = export_pruned_model(backbone, tmp_path / "bf16", tokenizer, zs)
     config = json.loads((path / "config.json").read_text())
-    assert config["model_type"] == "pruned-xlm-roberta" and config["has_pooler"] is False
+    assert config["model_type"] == "xlm-roberta" and config["has_pooler"] is False
     assert config["dtype"] == "float32"
     pinfo = json.loads((path / "pruning_info.json").read_text())
     assert pinfo["export"]["source_dtype"] == "bfloat16" and pinfo["params"]["after"]["pooler"] == 0
@@ -552,7 +556,7 @@ def test_tiny_mpnet_export_reloads_equal(tiny_mpnet, tmp_path, vanilla):
         assert info["export"]["class"] == "MPNetModel" and config["model_type"] == "mpnet"
         assert not (out / hf_export.MODELING_FILE).exists() and "relative_attention_heads_per_layer" not in config
     else:
-        assert info["export"]["class"] == "PrunedMPNetModel" and config["model_type"] == "pruned-mpnet"
+        assert info["export"]["class"] == "PrunedMPNetModel" and config["model_type"] == "mpnet"
         assert config["relative_attention_heads_per_layer"] == kept_heads
         assert config["heads_per_layer"] == MPNET_HEADS and config["intermediate_per_layer"] == MPNET_INTER
     assert "type_vocab_size" not in config
@@ -595,3 +599,31 @@ def test_tiny_mpnet_export_reloads_as_masked_backbone(tiny_mpnet, tmp_path):
     with torch.no_grad():
         hidden = again(batch["input_ids"], batch["attention_mask"])
     assert _real_diff(hidden, ref, batch["attention_mask"]) < ATOL
+
+
+def test_custom_export_tokenizer_and_config_load_without_remote_code(minilm_exports, minilm_path):
+    """AutoTokenizer (which loads the config first) and AutoConfig open a per-layer-width export with no trust
+    prompt and no remote code; AutoModel without trust_remote_code refuses its weights loudly (size mismatch),
+    with it loads the custom class. Run in a subprocess with stdin closed, as a user's script would."""
+    path = minilm_exports[False]
+    code = (
+        "import sys\n"
+        "from transformers import AutoConfig, AutoModel, AutoTokenizer\n"
+        f"tok = AutoTokenizer.from_pretrained({str(path)!r})\n"
+        f"base = AutoTokenizer.from_pretrained({str(minilm_path)!r})\n"
+        "print('TOKENIZER', type(tok).__name__, type(base).__name__, tok('a dog')['input_ids'] == base('a dog')['input_ids'])\n"
+        f"print('CONFIG', type(AutoConfig.from_pretrained({str(path)!r})).__name__)\n"
+        f"print('TRUSTED', type(AutoModel.from_pretrained({str(path)!r}, trust_remote_code=True)).__name__)\n"
+        "try:\n"
+        f"    AutoModel.from_pretrained({str(path)!r})\n"
+        "    print('UNTRUSTED loaded')\n"
+        "except Exception as e:\n"
+        "    print('UNTRUSTED refused', type(e).__name__)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"), timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "TOKENIZER BertTokenizer BertTokenizer True" in proc.stdout
+    assert "CONFIG BertConfig" in proc.stdout and "TRUSTED PrunedBertModel" in proc.stdout
+    assert "UNTRUSTED refused RuntimeError" in proc.stdout
+    assert "Do you wish to run the custom code" not in out  # the interactive prompt never appears

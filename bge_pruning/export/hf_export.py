@@ -12,7 +12,7 @@ Three layouts:
 * nothing pruned inside the kept layers (all heads, one intermediate size): the stock
   ``BertModel`` / ``XLMRobertaModel`` / ``MPNetModel`` config, loadable without remote code;
 * pruned heads or per-layer intermediate sizes: ``modeling_pruned.py`` is copied into the directory
-  and ``config.json`` has a custom ``model_type`` and ``auto_map`` (load with ``trust_remote_code=True``);
+  and ``config.json`` has the stock ``model_type`` with an ``auto_map`` (load with ``trust_remote_code=True``);
 * ``vanilla=True``: pruned heads are zero-padded back to full width and intermediate sizes to the
   largest kept one (exactly the same outputs), so the stock class loads it; the padded parameters
   are counted in ``pruning_info.json``. MPNet's kept heads go back to their base slots, because a head's
@@ -738,7 +738,7 @@ def _pruning_info(*, backbone, base_shape, pruned_shape, exported_shape, kept, l
         "base_model": getattr(backbone.config, "_name_or_path", None) or None,
         "family": layout["family"],
         "export": {"class": layout["model_class"], "config_class": layout["config_class"],
-                   "model_type": "pruned-" + layout["family"] if custom else layout["family"],
+                   "model_type": layout["family"],
                    "trust_remote_code": custom, "vanilla": layout["vanilla"], "dtype": layout["dtype"],
                    "source_dtype": layout.get("source_dtype"),
                    "padded_params": exported.total - after.total},

@@ -159,13 +159,19 @@ def resize_layers(model: nn.Module) -> None:
 class PrunedBertConfig(BertConfig):
     """``BertConfig`` plus per-layer widths (``heads_per_layer``, ``intermediate_per_layer``, ...)."""
 
-    model_type = "pruned-bert"
+    # The stock model type, so AutoConfig and AutoTokenizer (which loads the config first) resolve this directory
+    # with no remote code and no trust prompt; only AutoModel's auto_map entry runs this file, and without
+    # trust_remote_code a stock class refuses the per-layer weights (size mismatch), so nothing loads silently wrong.
+    model_type = "bert"
 
 
 class PrunedXLMRobertaConfig(XLMRobertaConfig):
-    """``XLMRobertaConfig`` plus per-layer widths; the model type keeps "roberta" (XLM-R position ids)."""
+    """``XLMRobertaConfig`` plus per-layer widths."""
 
-    model_type = "pruned-xlm-roberta"
+    # The stock model type, so AutoConfig and AutoTokenizer (which loads the config first) resolve this directory
+    # with no remote code and no trust prompt; only AutoModel's auto_map entry runs this file, and without
+    # trust_remote_code a stock class refuses the per-layer weights (size mismatch), so nothing loads silently wrong.
+    model_type = "xlm-roberta"
 
 
 class PrunedBertModel(BertModel):
@@ -278,7 +284,7 @@ def resize_mpnet_layers(model: nn.Module) -> None:
 class PrunedMPNetConfig(MPNetConfig):
     """``MPNetConfig`` plus per-layer widths and ``relative_attention_heads_per_layer``."""
 
-    model_type = "pruned-mpnet"
+    model_type = "mpnet"  # the stock type: see PrunedBertConfig
 
 
 class PrunedMPNetModel(MPNetModel):

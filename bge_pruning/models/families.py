@@ -27,8 +27,9 @@ class Family:
     """One encoder family.
 
     Attributes:
-        model_type: HF ``config.model_type`` of the stock model; the export's custom class uses
-            ``"pruned-" + model_type``.
+        model_type: HF ``config.model_type`` of the stock model, also written by the export's per-layer-width
+            config class (so AutoConfig / AutoTokenizer need no remote code); exports of earlier versions wrote
+            ``"pruned-" + model_type``, which is still read.
         config_class / model_class: the stock ``transformers`` classes.
         pruned_config_class / pruned_model_class: the per-layer-width classes in ``export/modeling_pruned.py``.
         attention: the attention layout, ``"bert"`` (``attention.self.{query,key,value}``,
@@ -82,7 +83,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            attention="mpnet", positions="padding", padding_idx=1, token_types=False, relative_attention_bias=True),
 )}
 
-# Stock model types first, then this project's pruned exports of them.
+# Stock model types first, then what this project's exports of them said before they kept the stock type.
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = (tuple(FAMILIES) + tuple(f.pruned_model_type for f in FAMILIES.values()))
 
 
