@@ -126,9 +126,9 @@ def spec(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | Non
 class UniformTarget:
     """``model.l0_module.target_model`` of a uniform target shape: every kept layer keeps the same widths."""
 
-    n_layers: Optional[int] = MISSING
-    n_heads: Optional[int] = MISSING
-    intermediate_size: Optional[int] = MISSING
+    n_layers: int = MISSING
+    n_heads: int = MISSING
+    intermediate_size: int = MISSING
 
 
 @dataclass
@@ -347,13 +347,14 @@ def _hints(cls: type) -> dict[str, Any]:
     return _HINTS[cls]
 
 
-def _field_at(parts: list[str]) -> tuple[Any, dataclasses.Field | None]:
-    """(type hint, dataclass field) of a dotted key, or (None, None) inside a free-form value."""
+def _field_at(parts: list[str], target: type = MixedTarget) -> tuple[Any, dataclasses.Field | None]:
+    """(type hint, dataclass field) of a dotted key, or (None, None) inside a free-form value; ``target``: the
+    kind of ``model.l0_module.target_model`` this config has."""
     cls: Any = RunConfig
     tp, fld = None, None
     for part in parts:
         if cls is L0ModuleConfig and part == "target_model":
-            cls, tp, fld = MixedTarget, MixedTarget, None
+            cls, tp, fld = target, target, None
             continue
         if not _is_section(cls):
             return None, None
@@ -501,21 +502,21 @@ def _check_sections(tree: dict[str, Any], cls: type, prefix: str, where: Callabl
         tp, _ = _field_at(_split_key(prefix + key))
         dotted = prefix + key
         if _is_section(tp) or dotted == "model.l0_module.target_model":
-            if not isinstance(value, dict) and not (value is None and dotted == "model.l0_module.target_model"):
+            if not isinstance(value, dict):
                 raise ConfigError(f"{where(dotted)}: {dotted} must be a mapping of keys (the {dotted}.* section), "
                                   f"got {value!r}")
             if _is_section(tp):
                 _check_sections(value, tp, dotted + ".", where)
 
 
-def _merge(base: DictConfig, tree: dict[str, Any], where: Callable[[str], str]) -> DictConfig:
+def _merge(base: DictConfig, tree: dict[str, Any], where: Callable[[str], str], target: type) -> DictConfig:
     """``OmegaConf.merge`` with a wrong type turned into one line: place, key, expected type, value."""
     try:
         return OmegaConf.merge(base, OmegaConf.create(tree))
     except oc_errors.OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or ""
         parts = _split_key(key)
-        tp, fld = _field_at(parts)
+        tp, fld = _field_at(parts, target)
         value = _lookup(tree, parts)
         if not key or tp is None:  # not a typed key: OmegaConf's own words, first line
             raise ConfigError(f"{where(key)}: {key or 'config'}: {str(e).splitlines()[0]}") from None
@@ -613,9 +614,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None, required: 
     _check_sections(cli, RunConfig, "", lambda k: where(k, "cli"))
 
     base = OmegaConf.structured(RunConfig)
-    base.model.l0_module.target_model = OmegaConf.structured(_target_kind(user, cli))
-    cfg = _merge(base, user, lambda k: where(k, "file"))
-    cfg = _merge(cfg, cli, lambda k: where(k, "cli"))
+    target = _target_kind(user, cli)
+    base.model.l0_module.target_model = OmegaConf.structured(target)
+    cfg = _merge(base, user, lambda k: where(k, "file"), target)
+    cfg = _merge(cfg, cli, lambda k: where(k, "cli"), target)
     if cfg.run_name is None and cfg.stage in STAGES:
         cfg.run_name = default_run_name(cfg, path)
     _resolve(cfg, where)
