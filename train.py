@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Prune (or finetune) a BERT-family sentence encoder toward a target shape.
 
-    python train.py configs/target_60pct.yaml [--dataset sts|msmarco|mteb/<task>] [key=value ...]
+    python train.py configs/target_60pct.yaml [--dataset sts|msmarco|mteb/<task>] [--print-config] [key=value ...]
 
-Overrides use OmegaConf dotted keys, e.g. ``train.max_duration=2000ba train.lr=5e-5``.
+Overrides use OmegaConf dotted keys, e.g. ``train.max_duration=2000ba train.lr=5e-5``. ``--print-config``
+prints the resolved config, the base -> target shape, parameter counts and checkpoint sizes, and stops
+(no weights are loaded).
 
 Exit status: 0 done; 2 bad input or a stopped run (config, data, model, checkpoint folder, non-finite loss,
 out of GPU memory), with one ``error:`` line naming the place; 3 the export failed. Multi-GPU:
@@ -24,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML run config (see configs/)")
     parser.add_argument("--dataset", help="shortcut for data.train: sts | msmarco | mteb/<task>")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config, shapes, parameter counts and sizes; load no weights")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after --dataset
 
@@ -41,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset:
             overrides.append("data.train=" + json.dumps(dataset_shortcut(args.dataset)))
         cfg = load_config(args.config, overrides)
+        if args.print_config:
+            from bge_pruning.config_report import print_config
+
+            print(print_config(cfg), end="")
+            return 0
         import torch
 
         from bge_pruning.training.run import out_of_memory_message, run

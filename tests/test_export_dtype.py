@@ -242,7 +242,8 @@ def test_config_dtype_default_and_bad_values(tmp_path, tiny_xlmr_path, capsys, m
                                "got 'fp16'")
     code, err = run_main(capsys, ok, "export.dtype=int8")
     assert code == 2
-    assert error_line(err) == "error: command line: export.dtype must be one of float32, float16, bfloat16, got 'int8'"
+    assert error_line(err) == ("error: override export.dtype=int8: export.dtype must be one of float32, float16, "
+                               "bfloat16, got 'int8'")
     assert snapshot(tmp_path) == before
 
 

@@ -202,7 +202,8 @@ def test_config_onnx_keys(tmp_path, tiny_xlmr_path, capsys, monkeypatch):
     assert code == 2
     assert error_line(err) == (f"error: {ok}: export.quantize=int8 quantizes the ONNX model: set export.onnx: true")
     code, err = run_main(capsys, ok, "export.onnx=yes please")
-    assert code == 2 and error_line(err) == "error: command line: export.onnx must be true or false, got 'yes please'"
+    assert code == 2 and error_line(err) == ("error: override export.onnx=yes please: export.onnx must be true or "
+                                             "false, got 'yes please'")
 
 
 def test_evaluate_model_onnx_retention(minilm_onnx, tmp_path):

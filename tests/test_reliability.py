@@ -206,7 +206,8 @@ def set_target(**target):
     ({"n_layers": 6}, "model.l0_module.target_model.n_layers = 6 is outside 1..4 (the base model has 4)"),
     ({"intermediate_size": 65}, "model.l0_module.target_model.intermediate_size = 65 is outside 1..64 "
                                 "(the base model has 64)"),
-    ({"n_heads": 2.5}, "model.l0_module.target_model.n_heads must be a whole number of units, got 2.5"),
+    # a wrong type is the typed config's: one line with the file and line, before the model loads
+    ({"n_heads": 2.5}, "{config}:{line}: model.l0_module.target_model.n_heads must be an integer, got 2.5"),
     ({"n_heads": 0}, "model.l0_module.target_model.n_heads = 0 is outside 1..4 (the base model has 4)"),
 ])
 def test_impossible_target_shapes_are_refused_before_training(tmp_path, tiny_xlmr_path, capsys, target, message):
@@ -214,7 +215,8 @@ def test_impossible_target_shapes_are_refused_before_training(tmp_path, tiny_xlm
     before = snapshot(tmp_path)
     code, err = run_main(capsys, config)
     assert code == 2
-    assert error_line(err) == f"error: {message}"
+    line = next(i for i, text in enumerate(config.read_text().splitlines(), 1) if text.strip().startswith("n_heads:"))
+    assert error_line(err) == "error: " + message.format(config=config, line=line)
     assert snapshot(tmp_path) == before  # no checkpoint folder, no log, no export
 
 

@@ -168,17 +168,17 @@ def check_save_folder(cfg: Any) -> None:
     from ..config import fill_run_name
 
     tcfg = cfg.train
-    if bool(tcfg.autoresume) and int(tcfg.save_num_checkpoints_to_keep) == 0:
+    if tcfg.autoresume and tcfg.save_num_checkpoints_to_keep == 0:
         raise CheckpointError("train.autoresume needs the checkpoints on local disk, but "
                               "train.save_num_checkpoints_to_keep is 0 (keep none): use -1 (keep all) or a number >= 1")
     folder = Path(fill_run_name(tcfg.save_folder, cfg.run_name))
-    if not folder.is_dir() or bool(tcfg.save_overwrite):
+    if not folder.is_dir() or tcfg.save_overwrite:
         return
     found = _checkpoints(folder)
     if not found:
         return
     newest = found[-1][1]
-    if not bool(tcfg.autoresume):
+    if not tcfg.autoresume:
         if tcfg.load_path:
             return  # continuing from an explicit checkpoint: Composer protects the files after it
         raise CheckpointError(

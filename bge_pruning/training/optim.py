@@ -31,18 +31,17 @@ def param_groups(model: torch.nn.Module, lr: float, l0_lr: float, lag_lr: float,
 def build_optimizer(model: torch.nn.Module, tcfg: Any) -> torch.optim.Optimizer:
     if tcfg.optimizer != "decoupled_adamw":
         raise ConfigError(f"train.optimizer: only 'decoupled_adamw' is supported, got {tcfg.optimizer!r}")
-    lr, lag_lr = float(tcfg.lr), float(tcfg.lag_lr)
-    l0_lr = float(tcfg.l0_lr) if tcfg.l0_lr is not None else lag_lr
-    if lr < 0 or lag_lr < 0 or l0_lr < 0:
-        raise ConfigError("train.lr, train.l0_lr and train.lag_lr must be >= 0 (the multipliers' sign is applied here)")
-    groups = param_groups(model, lr, l0_lr, lag_lr, float(tcfg.weight_decay))
+    # The types and signs (lr, l0_lr, lag_lr >= 0) are checked by bge_pruning.config; the sign of the multipliers'
+    # group is applied here.
+    lr, lag_lr = tcfg.lr, tcfg.lag_lr
+    l0_lr = tcfg.l0_lr if tcfg.l0_lr is not None else lag_lr
+    groups = param_groups(model, lr, l0_lr, lag_lr, tcfg.weight_decay)
     # DecoupledAdamW validates only the default lr; the per-group -lag_lr is intended.
-    return DecoupledAdamW(groups, lr=lr, betas=tuple(float(b) for b in tcfg.betas), eps=float(tcfg.eps),
-                          weight_decay=float(tcfg.weight_decay))
+    return DecoupledAdamW(groups, lr=lr, betas=tuple(tcfg.betas), eps=tcfg.eps, weight_decay=tcfg.weight_decay)
 
 
 def build_scheduler(tcfg: Any):
-    name, warmup = tcfg.scheduler, str(tcfg.warmup)
+    name, warmup = tcfg.scheduler, tcfg.warmup
     if name == "linear":
         return LinearWithWarmupScheduler(t_warmup=warmup, alpha_f=0.0)
     if name == "cosine":

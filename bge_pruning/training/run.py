@@ -143,7 +143,7 @@ def _data_spec(loader: DataLoader) -> DataSpec:
 def build_evaluators(cfg: Any, tokenizer: Any) -> list[Evaluator]:
     """STS dev Spearman and in-batch retrieval MRR evaluators, for whichever eval sets are configured."""
     evaluators = []
-    ecfg, max_length, bs = cfg.data.eval, int(cfg.data.max_length), int(cfg.data.eval_batch_size)
+    ecfg, max_length, bs = cfg.data.eval, cfg.data.max_length, cfg.data.eval_batch_size
     if ecfg.get("sts"):
         s = ecfg.sts
         pairs = load_sts(s.source, s.get("split", "validation"), s.get("max_examples"))
@@ -237,8 +237,8 @@ def build_trainer(cfg: Any, model: ComposerBGEM3 | None = None) -> tuple[Trainer
     """Everything ``Trainer.fit`` needs, from a validated config."""
     tcfg = cfg.train
     device = resolve_device(tcfg.device)
-    dist.initialize_dist(get_device(device), timeout=float(tcfg.dist_timeout))
-    reproducibility.seed_all(int(cfg.seed))
+    dist.initialize_dist(get_device(device), timeout=tcfg.dist_timeout)
+    reproducibility.seed_all(cfg.seed)
     model = model or build_model(cfg)
     if getattr(model.backbone, "pooler", None) is not None:
         # BGE-M3 pools the last hidden state: the CLS pooler gets no gradient. Frozen, it stays out of the optimizer
@@ -246,7 +246,7 @@ def build_trainer(cfg: Any, model: ComposerBGEM3 | None = None) -> tuple[Trainer
         model.backbone.pooler.requires_grad_(False)
     max_batches = _max_batches(tcfg.max_duration)
     train_loader = build_train_dataloader(
-        to_container(cfg.data), model.tokenizer, int(tcfg.batch_size), int(cfg.seed),
+        to_container(cfg.data), model.tokenizer, tcfg.batch_size, cfg.seed,
         num_batches=max_batches * dist.get_world_size() if max_batches else None)
     evaluators = build_evaluators(cfg, model.tokenizer)
     save_folder = fill_run_name(tcfg.save_folder, cfg.run_name)
@@ -269,23 +269,23 @@ def build_trainer(cfg: Any, model: ComposerBGEM3 | None = None) -> tuple[Trainer
         max_duration=tcfg.max_duration,
         device=device,
         precision=tcfg.precision,
-        device_train_microbatch_size=tcfg.device_train_microbatch_size or int(tcfg.batch_size),
+        device_train_microbatch_size=tcfg.device_train_microbatch_size or tcfg.batch_size,
         parallelism_config={"fsdp": fsdp} if fsdp else None,
         algorithms=build_algorithms(tcfg),
         callbacks=callbacks,
         loggers=loggers,
         run_name=cfg.run_name,
-        seed=int(cfg.seed),
+        seed=cfg.seed,
         save_folder=save_folder,
         save_interval=tcfg.save_interval,
-        save_num_checkpoints_to_keep=int(tcfg.save_num_checkpoints_to_keep),
-        save_overwrite=bool(tcfg.save_overwrite),
-        autoresume=bool(tcfg.autoresume),
+        save_num_checkpoints_to_keep=tcfg.save_num_checkpoints_to_keep,
+        save_overwrite=tcfg.save_overwrite,
+        autoresume=tcfg.autoresume,
         load_path=tcfg.load_path,
-        progress_bar=bool(tcfg.progress_bar),
-        log_to_console=bool(tcfg.log_to_console),
+        progress_bar=tcfg.progress_bar,
+        log_to_console=tcfg.log_to_console,
         console_log_interval=tcfg.console_log_interval,
-        dist_timeout=float(tcfg.dist_timeout),
+        dist_timeout=tcfg.dist_timeout,
     )
     return trainer, model
 
@@ -324,7 +324,7 @@ def disk_full_message(folder: Path, step: int, error: BaseException) -> str:
 def out_of_memory_message(cfg: Any, step: int | None, error: BaseException, evaluating: bool = False) -> str:
     """What to change after a CUDA out-of-memory error (Composer micro-batching first)."""
     tcfg = cfg.train
-    bs, mb = int(tcfg.batch_size), tcfg.device_train_microbatch_size
+    bs, mb = tcfg.batch_size, tcfg.device_train_microbatch_size
     at = f" at step {step}" if step is not None else ""
     smaller = max(1, bs // 2 if mb in (None, "auto") else int(mb) // 2)
     ckpt = fill_run_name(tcfg.save_folder, cfg.run_name)
@@ -426,9 +426,9 @@ def _run(cfg: Any, out_dir: Path, started: float) -> dict[str, Any]:
             from .checkpoint import load_composer_model
 
             to_export = load_composer_model(latest_checkpoint(fill_run_name(cfg.train.save_folder, cfg.run_name)))
-        export_dir = export_composer_model(to_export, out_dir, vanilla=bool(cfg.export.vanilla),
-                                           overwrite=bool(cfg.export.overwrite), dtype=str(cfg.export.dtype),
-                                           onnx=bool(cfg.export.onnx), quantize=cfg.export.quantize)
+        export_dir = export_composer_model(to_export, out_dir, vanilla=cfg.export.vanilla,
+                                           overwrite=cfg.export.overwrite, dtype=cfg.export.dtype,
+                                           onnx=cfg.export.onnx, quantize=cfg.export.quantize)
         summary["export_dir"] = str(export_dir)
         if base_sts is not None:
             from transformers import AutoConfig
