@@ -47,3 +47,34 @@ def test_card_of_a_run_that_trimmed_the_vocabulary_first():
     assert "# all-MiniLM-L6-v2 (pruned)" in card
     assert "| total parameters | 22,713,216 | 7,084,800 |" in card  # the base before its vocabulary was cut
     assert "trust_remote_code=True" in card and "executes" in card
+
+
+def test_card_shows_onnx_files_and_recorded_evaluation(tmp_path, minilm_path):
+    """An export with ONNX lists the graphs with their checks; a run's before/after figures, recorded afterwards,
+    become an Evaluation table (retention computed) in the card and pruning_info.json, the license kept."""
+    from transformers import AutoTokenizer
+
+    from bge_pruning.export import export_pruned_model
+    from bge_pruning.export.model_card import record_evaluation
+    from bge_pruning.models.masked_encoder import MaskedBGEM3Backbone
+    from test_export import MINILM_HEADS, MINILM_INTER, MINILM_LAYER_Z, _masks
+
+    backbone = MaskedBGEM3Backbone.from_pretrained(str(minilm_path)).eval()
+    out = export_pruned_model(backbone, tmp_path / "m", AutoTokenizer.from_pretrained(str(minilm_path)),
+                              _masks(MINILM_HEADS, MINILM_INTER, 12, 1536, MINILM_LAYER_Z), pooling="mean",
+                              onnx=True, quantize="int8", info={"base_model": "embedded:all-MiniLM-L6-v2"})
+    card = (out / "README.md").read_text()
+    info = json.loads((out / "pruning_info.json").read_text())
+    assert "## ONNX" in card and f"max abs diff {info['onnx']['max_abs_diff']:.1e}" in card
+    q = info["onnx"]["quantized"]["int8"]
+    assert f"`onnx/model_qint8_avx512_vnni.onnx`: int8 dynamic quantization" in card
+    assert f"{q['min_cosine_mean_pooled']:.3f}" in card
+    assert "## Evaluation" not in card
+
+    record_evaluation(out, [{"task": "sts-dev.csv", "metric": "spearman", "base": 86.72, "pruned": 85.5}],
+                      source="report.before_after on sts-dev.csv")
+    card = (out / "README.md").read_text()
+    assert "| sts-dev.csv | spearman | 86.72 | 85.50 | 98.6% |" in card
+    assert "license: apache-2.0" in card.split("---")[1].splitlines()  # still carried from the base's card
+    assert json.loads((out / "pruning_info.json").read_text())["evaluation"]["rows"][0]["pruned"] == 85.5
+    assert not list(out.glob(".*.tmp"))

@@ -522,6 +522,11 @@ def test_a_run_stopped_after_its_last_checkpoint_resumes_to_the_export(tmp_path,
     export = Path(load_config(config).export.output_dir)
     first = load_file(export / "model.safetensors")
     info = json.loads((export / "pruning_info.json").read_text())
+    # The run's before/after figures are recorded in the export: pruning_info.json and the model card.
+    numbers = json.loads(summary_file.read_text())["before_after"]
+    assert info["evaluation"]["rows"][0]["metric"] == "spearman"
+    assert info["evaluation"]["rows"][0]["pruned"] == numbers["pruned"]["sts"]["spearman"]
+    assert "## Evaluation" in (export / "README.md").read_text()
     shutil.rmtree(export)  # as if the process died while exporting
 
     caplog.clear()

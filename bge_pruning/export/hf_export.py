@@ -716,7 +716,7 @@ def _source_dir(base_model: str | None) -> Path | None:
 def _computed_info_keys() -> set[str]:
     return {"format_version", "base_model", "base_model_hub_id", "family", "export", "pooling", "normalize", "heads", "base_shape",
             "target_shape", "achieved_shape", "exported_shape", "kept_layers", "kept_heads", "kept_sublayers", "params",
-            "kept_encoder_share", "verification", "usage", "onnx"}
+            "kept_encoder_share", "verification", "usage", "onnx", "evaluation"}
 
 
 def _pruning_info(*, backbone, base_shape, pruned_shape, exported_shape, kept, layout, pooling, normalize,

@@ -99,6 +99,45 @@ def render(info: Mapping[str, Any], source_dir: Path | None) -> str:
                   f"pass `model_kwargs={{\"dtype\": torch.float32}}` (SentenceTransformer) or `dtype=torch.float32` "
                   f"(AutoModel) to compute in float32. The {dtype} model was checked against the float32 pruned "
                   f"model{measured}.", ""]
+    onnx = info.get("onnx") if isinstance(info.get("onnx"), Mapping) else None
+    if onnx:
+        lines += ["## ONNX", "", f"`{onnx['file']}`: the encoder ({', '.join(onnx['inputs'])} -> {onnx['output']}), "
+                  f"float32, opset {onnx['opset']}; checked with onnxruntime against the torch model (max abs diff "
+                  f"{onnx['max_abs_diff']:.1e}). It needs no remote code. Pooling and normalisation are the "
+                  "sentence-transformers modules beside it."]
+        for kind, q in (onnx.get("quantized") or {}).items():
+            lines += ["", f"`{q['file']}`: {kind} dynamic quantization ({q['scheme']}), "
+                      f"{q['size_bytes'] / 2**20:.1f} MiB; smallest cosine of its embeddings to float32's on the "
+                      f"probe texts {q['min_cosine_mean_pooled']:.3f}."]
+        lines += [""]
+    evaluation = info.get("evaluation") if isinstance(info.get("evaluation"), Mapping) else None
+    if evaluation:
+        lines += ["## Evaluation", "", f"Scored by the training run (x100; {evaluation.get('source', 'the run')}):",
+                  "", "| task | metric | base | pruned | retention |", "|---|---|---:|---:|---:|"]
+        for row in evaluation.get("rows", []):
+            lines.append(f"| {row['task']} | {row['metric']} | {row['base']:.2f} | {row['pruned']:.2f} | "
+                         f"{100 * row['pruned'] / row['base']:.1f}% |")
+        lines += [""]
     lines += [f"FlagEmbedding: `{info['usage']['flag_embedding']}`.", "",
               "Details (kept heads per layer, verification, parameter counts): `pruning_info.json`.", ""]
     return "\n".join(lines)
+
+
+def record_evaluation(export_dir: str | Path, rows: list[Mapping[str, Any]], source: str) -> None:
+    """Add evaluation figures (``{"task", "metric", "base", "pruned"}`` rows, x100) to an export's
+    ``pruning_info.json`` (``evaluation``) and re-render its model card. Each file is replaced atomically (written
+    beside it, then renamed), so a reader never sees half a file."""
+    import json
+    import os
+
+    from .hf_export import _source_dir  # the base's own card, whose license the card carries over
+
+    export_dir = Path(export_dir)
+    info_path = export_dir / "pruning_info.json"
+    info = json.loads(info_path.read_text())
+    info["evaluation"] = {"source": source, "rows": [dict(r) for r in rows]}
+    for path, text in ((info_path, json.dumps(info, indent=2) + "\n"),
+                       (export_dir / "README.md", render(info, _source_dir(info.get("base_model"))))):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)

@@ -420,6 +420,7 @@ def _run(cfg: Any, out_dir: Path, started: float) -> dict[str, Any]:
             log.warning("pruning did not converge: %s", warning)
     if dist.get_global_rank() == 0:
         from ..export import export_composer_model
+        from ..export.model_card import record_evaluation
 
         to_export = model
         if sharded:  # the live backbone holds only this rank's shard: export the final (whole) checkpoint
@@ -443,6 +444,10 @@ def _run(cfg: Any, out_dir: Path, started: float) -> dict[str, Any]:
                                           Path(str(cfg.data.eval.sts.source)).name)
             summary["before_after"] = numbers
             summary["before_after_table"] = table
+            task = Path(str(cfg.data.eval.sts.source)).name
+            record_evaluation(export_dir, [{"task": task, "metric": m, "base": base_sts[m], "pruned": pruned_sts[m]}
+                                           for m in ("spearman", "pearson") if m in base_sts and m in pruned_sts],
+                              source=f"report.before_after on {cfg.data.eval.sts.source}")
         summary_file = Path(fill_run_name(cfg.train.save_folder, cfg.run_name)).parent / "summary.json"
         summary_file.write_text(json.dumps(summary, indent=2))
         summary["summary_file"] = str(summary_file)
