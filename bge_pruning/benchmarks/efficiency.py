@@ -511,7 +511,10 @@ def run_benchmark(
     if corpus is not None:
         from transformers import AutoTokenizer
 
-        tok = {role: AutoTokenizer.from_pretrained(str(loaded[role].model_dir)) for role in ROLES}
+        # trust_remote_code=False: a tokenizer needs no modeling code, and an export written before configs kept
+        # the stock model type would otherwise raise transformers' interactive trust prompt.
+        tok = {role: AutoTokenizer.from_pretrained(str(loaded[role].model_dir), trust_remote_code=False)
+               for role in ROLES}
         tokenizers = {**tok, **{role: tok["pruned"] for role in onnx_models}}
     if base.shape.hidden_size != pruned.shape.hidden_size:
         log(f"note: hidden sizes differ (base {base.shape.hidden_size}, pruned {pruned.shape.hidden_size})")
@@ -656,7 +659,8 @@ def format_report(res: dict[str, Any]) -> str:
     if onnx_roles:
         lines.append("")
         lines.append("ONNX graphs of the pruned export (onnxruntime CPU), timed in the same interleaved loop; "
-                     "speedup = base torch p50 / graph p50:")
+                     "speedup = base torch p50 / graph p50; onnxruntime keeps its memory arena between calls, so "
+                     "its RSS increase per call is ~0 and not comparable with torch's:")
         header = ["batch", "seq", "model", "seq/s", "speedup vs base", "p50/p95 ms", "mem MiB", "file MiB"]
         rows = []
         for r in res["results"]:
