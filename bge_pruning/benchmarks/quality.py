@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import UserError
+from ..errors import BenchmarkError, UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
@@ -73,10 +73,6 @@ MODELS = {
     "minilm": BaseModel("minilm", "embedded:all-MiniLM-L6-v2", "mean", None),
     "mpnet": BaseModel("mpnet", "embedded:all-mpnet-base-v2", "mean", 1.0),
 }
-
-
-class BenchmarkError(UserError):
-    """A stage failed or the inputs are unusable; the message says which and where its log is."""
 
 
 # ====================================================================== the scored / trained SciFact halves

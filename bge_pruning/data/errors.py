@@ -12,12 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import DataError  # noqa: F401 - re-exported: defined in bge_pruning.errors
+
 # Local data files the loaders read; a source ending in one of these is a path, never a hub id.
 LOCAL_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".txt")
-
-
-class DataError(ValueError):
-    """Bad or missing training/evaluation data; ``str(err)`` starts with the place (file:line, id[split][i], key)."""
 
 
 def file_place(path: str | os.PathLike, line: int) -> str:
