@@ -307,7 +307,10 @@ class EmbeddingModel:
                              return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items()}
         out = self.model(**enc)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        if isinstance(out, torch.Tensor):  # a module that returns the last hidden state (the masked backbone)
+            hidden = out
+        else:
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return hidden, enc["attention_mask"], enc["input_ids"]
 
 
