@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import RemoteCodeError  # noqa: F401 - re-exported: defined in bge_pruning.errors
+from .errors import RemoteCodeError
 
 MODELING_FILE = "modeling_pruned.py"
 PRUNING_INFO_FILE = "pruning_info.json"

@@ -1,4 +1,4 @@
-"""The one exception the data package raises for bad input, and how it names the place.
+"""The one exception the data package raises for bad input (``DataError``, of ``bge_pruning.errors``), and how it names the place.
 
 Every message names the place the problem is at (at its start, except "no examples in <source>"), so a
 user can open the file and fix it:
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import DataError  # noqa: F401 - re-exported: defined in bge_pruning.errors
+from ..errors import DataError  # noqa: F401 - re-exported (old import path)
 
 # Local data files the loaders read; a source ending in one of these is a path, never a hub id.
 LOCAL_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".txt")

@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from bge_pruning.errors import ModelDirError  # noqa: F401 - re-exported: defined in bge_pruning.errors
+from bge_pruning.errors import ModelDirError
 
 from bge_pruning.models.heads import (COLBERT_FILE, SPARSE_FILE, ColbertHead, SparseHead, dense_embedding,
                                       lexical_weights, special_token_ids)

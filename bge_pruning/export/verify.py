@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..errors import ExportError  # noqa: F401 - re-exported: defined in bge_pruning.errors
+from ..errors import ExportError
 
 
 def max_abs_diff_on_tokens(a: torch.Tensor, b: torch.Tensor, attention_mask: torch.Tensor) -> float:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError  # noqa: F401 - re-exported: defined in bge_pruning.errors
+from ..errors import ConfigError
 
 from ..shapes import (EncoderShape, count_params, layer_params, params_per_attention_fixed, params_per_ffn_fixed,
                       params_per_head, params_per_intermediate_unit, params_per_layer_fixed)

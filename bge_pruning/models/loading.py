@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelLoadError  # noqa: F401 - re-exported: defined in bge_pruning.errors
+from ..errors import ModelLoadError
 
 from .families import FAMILIES, SUPPORTED_MODEL_TYPES
 

@@ -12,7 +12,7 @@ from composer import Callback, Logger, State
 from composer.loggers import LoggerDestination
 from composer.utils import dist
 
-from ..errors import NonFiniteLossError, TrainingOutOfMemoryError  # noqa: F401 - re-exported: defined in bge_pruning.errors
+from ..errors import NonFiniteLossError, TrainingOutOfMemoryError  # noqa: F401 - TrainingOutOfMemoryError: re-exported (old import path)
 
 
 def _model(state: State) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from ..errors import CheckpointError  # noqa: F401 - re-exported: defined in bge_pruning.errors
+from ..errors import CheckpointError
 
 from ..models.composer_bge_m3 import ComposerBGEM3, build_model
 from ..models.loading import resolve_model_path, st_max_seq_length
