@@ -1,4 +1,5 @@
-"""The one exception the data package raises for bad input (``DataError``, of ``bge_pruning.errors``), and how it names the place.
+"""The one exception the data package raises for bad input (``DataError``, from ``bge_pruning.errors``), and how
+it names the place.
 
 Every message names the place the problem is at (at its start, except "no examples in <source>"), so a
 user can open the file and fix it:

@@ -12,7 +12,8 @@ from composer import Callback, Logger, State
 from composer.loggers import LoggerDestination
 from composer.utils import dist
 
-from ..errors import NonFiniteLossError, TrainingOutOfMemoryError  # noqa: F401 - TrainingOutOfMemoryError: re-exported (old import path)
+# TrainingOutOfMemoryError: raised by training.run, importable from here as before
+from ..errors import NonFiniteLossError, TrainingOutOfMemoryError  # noqa: F401
 
 
 def _model(state: State) -> Any:
