@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from ..errors import ModelLoadError
-
 from .families import FAMILIES, SUPPORTED_MODEL_TYPES
 
 EMBEDDED_PREFIX = "embedded:"

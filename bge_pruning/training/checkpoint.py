@@ -18,7 +18,6 @@ import torch
 from omegaconf import OmegaConf
 
 from ..errors import CheckpointError
-
 from ..models.composer_bge_m3 import ComposerBGEM3, build_model
 from ..models.loading import resolve_model_path, st_max_seq_length
 from ..trust import MODELING_FILE, PRUNING_INFO_FILE, resolve_trust
