@@ -32,12 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after --dataset
 
     from bge_pruning.config import load_config
-    from bge_pruning.data import DataError, dataset_shortcut
-    from bge_pruning.errors import UserError
-    from bge_pruning.models.l0_module import ConfigError
-    from bge_pruning.models.loading import ModelLoadError
-    from bge_pruning.training.callbacks import NonFiniteLossError, TrainingOutOfMemoryError
-    from bge_pruning.training.checkpoint import CheckpointError
+    from bge_pruning.data import dataset_shortcut
+    from bge_pruning.errors import ExportError, TrainingOutOfMemoryError, UserError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -58,15 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             summary = run(cfg)
         except torch.cuda.OutOfMemoryError as e:  # outside the training loop (model to the GPU, say)
             raise TrainingOutOfMemoryError(out_of_memory_message(cfg, None, e)) from None
-    except (UserError, ConfigError, DataError, ModelLoadError, CheckpointError, NonFiniteLossError,
-            TrainingOutOfMemoryError) as e:
+    except ExportError as e:  # the run finished; only its export failed
+        print(f"error: export failed: {e}", file=sys.stderr)
+        return 3
+    except UserError as e:  # config, data, model, checkpoint folder, non-finite loss, out of memory
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # noqa: BLE001 - export failures are reported as such, everything else re-raised
-        if type(e).__name__ == "ExportError":
-            print(f"error: export failed: {e}", file=sys.stderr)
-            return 3
-        raise
     print_summary(summary)
     return 0
 

@@ -17,9 +17,10 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+if TYPE_CHECKING:  # torch loads in layer_drop_zs, so the benchmark driver can read LAYER_RULES without it
+    import torch
 
 BASELINE_NAME = "layer_drop"
 
@@ -65,6 +66,8 @@ def check_keep_layers(keep_layers: Sequence[int], n_layers: int) -> list[int]:
 
 def layer_drop_zs(keep_layers: Sequence[int], n_layers: int) -> dict[str, torch.Tensor]:
     """``{"layer_z": [L]}`` with 1 for kept layers and 0 for dropped ones (an exact identity when 0)."""
+    import torch
+
     keep = check_keep_layers(keep_layers, n_layers)
     z = torch.zeros(n_layers)
     z[keep] = 1.0
@@ -112,13 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pooling", choices=("cls", "mean"), default="mean")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
-    from .export.verify import ExportError
-    from .models.loading import ModelLoadError
+    from .errors import UserError
 
     try:
         out = build_layer_drop(args.base, args.out_dir, keep_layers=args.keep_layers, n_layers=args.n_layers,
                                rule=args.rule, pooling=args.pooling, overwrite=args.overwrite)
-    except (ValueError, ExportError, ModelLoadError) as e:
+    except (UserError, ValueError) as e:  # ValueError: bad layer choice (choose_layers, check_keep_layers)
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"layer-drop model written to {out}")

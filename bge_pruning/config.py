@@ -27,7 +27,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
-from .models.l0_module import ConfigError
+from .errors import ConfigError
 
 # The dtypes an export can be saved in (bge_pruning.export.hf_export.EXPORT_DTYPES, kept light here so a bad
 # value is refused before torch or any model loads).
@@ -214,7 +214,7 @@ class LossConfig:
     distill_embedding: float = spec(0.0, rule=WEIGHT)  # teacher: MSE between normalized dense embeddings (x dim)
     distill_similarity: float = spec(0.0, rule=WEIGHT)  # teacher: KL between in-batch similarity distributions
     distill_hidden: float = spec(0.0, rule=WEIGHT)  # teacher: MSE between last-layer token states (real tokens)
-    # teacher: CoFi's layer-wise distillation (bge_pruning.training.losses.layer_distillation_loss): each
+    # teacher: CoFi's layer-wise distillation (bge_pruning.models.losses.layer_distillation_loss): each
     # chosen teacher layer pulls the closest student layer (order kept) through a learned D x D map
     distill_layers: float = spec(0.0, rule=WEIGHT)
     distill_layers_teacher: Optional[List[int]] = None  # teacher layers (0-based); None: 4 evenly spaced, last included
@@ -395,8 +395,8 @@ def _expected(tp: Any, fld: dataclasses.Field | None) -> str:
     return rule.text + (" or null" if optional and "null" not in rule.text else "")
 
 
-class DuplicateKeyError(yaml.YAMLError):
-    """A mapping names the same key twice (YAML would silently keep the last value)."""
+class DuplicateKeyError(ConfigError, yaml.YAMLError):
+    """A mapping names the same key twice (YAML would silently keep the last value); ``load_config`` adds the path."""
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

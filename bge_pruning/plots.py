@@ -41,13 +41,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .errors import PlotError, UserError
+
 PRUNING_INFO_FILE = "pruning_info.json"
 IMAGE_SUFFIXES = (".png", ".pdf", ".svg")
 ZS_KEYS = ("head_z", "intermediate_z", "layer_z")
-
-
-class PlotError(ValueError):
-    """Unusable plot input or output; the message names the path or argument."""
 
 
 # ====================================================================== figure helpers
@@ -792,7 +790,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                 path = plot_pareto(sources[0], out, x=args.x, metric=args.metric)
         else:
             path = plot_efficiency(args.results, out)
-    except PlotError as exc:
+    except UserError as exc:  # PlotError: the message names the file or argument
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {path}")

@@ -17,14 +17,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError
+from .errors import RemoteCodeError
 
 MODELING_FILE = "modeling_pruned.py"
 PRUNING_INFO_FILE = "pruning_info.json"
-
-
-class RemoteCodeError(UserError, ValueError):
-    """A model directory asks to run code the user did not trust."""
 
 
 def shipped_modeling_source() -> bytes:

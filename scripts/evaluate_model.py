@@ -34,13 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bge_pruning.errors import SpecError, UserError  # noqa: E402 - SpecError: a bad --tasks entry
+
 PREFIXES = ("sts", "paraphrase", "retrieval", "mteb")
 DEFAULT_SPLIT = "test"
 RETRIEVAL_K = (10, 100)
-
-
-class SpecError(ValueError):
-    """A bad --tasks entry; the message names the spec."""
 
 
 @dataclass
@@ -259,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done; 2 bad arguments (a ``UserError`` or a bad value, found before any model loads);
+    1 data or a model that fails while it is read or evaluated."""
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = parser.prog
@@ -268,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return code
 
+    try:
+        return _evaluate(args, fail)
+    except UserError as e:  # a bad task spec, refused remote code: before any model is loaded
+        return fail(str(e), 2)
+
+
+def _evaluate(args: argparse.Namespace, fail) -> int:
     if args.batch_size < 1:
         return fail(f"--batch-size must be >= 1, got {args.batch_size}", 2)
     if args.max_examples is not None and args.max_examples < 1:
@@ -280,24 +287,19 @@ def main(argv: list[str] | None = None) -> int:
     w = args.hybrid_weights
     if any(not math.isfinite(x) or x < 0 for x in w) or sum(w) <= 0:
         return fail(f"--hybrid-weights must be 3 non-negative numbers with a positive sum, got {list(w)}", 2)
-    try:
-        specs = [parse_task_spec(s) for s in args.tasks]
-    except SpecError as e:
-        return fail(str(e), 2)
+    specs = [parse_task_spec(s) for s in args.tasks]
     assign_labels(specs)
     from bge_pruning.models.loading import is_hub_id, resolve_model_path
-    from bge_pruning.trust import RemoteCodeError, resolve_trust
+    from bge_pruning.trust import resolve_trust
 
     for role, d in (("model", args.model_dir), ("baseline", args.baseline)):
         if d is None or is_hub_id(resolve_model_path(d)):  # hub ids are downloaded when evaluated
             continue
         if not Path(resolve_model_path(d)).expanduser().is_dir():
             return fail(f"{role} directory not found: {Path(d).expanduser().resolve()}", 2)
-        try:  # refused remote code stops here, before any data or model loads
-            resolve_trust(str(Path(resolve_model_path(d)).expanduser()), args.trust_remote_code,
-                          "--baseline" if role == "baseline" else "MODEL_DIR", "pass --trust-remote-code")
-        except RemoteCodeError as e:
-            return fail(str(e), 2)
+        # refused remote code (RemoteCodeError) stops here, before any data or model loads
+        resolve_trust(str(Path(resolve_model_path(d)).expanduser()), args.trust_remote_code,
+                      "--baseline" if role == "baseline" else "MODEL_DIR", "pass --trust-remote-code")
     if args.output:
         from bge_pruning.paths import unwritable
 
@@ -323,12 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.output) if args.output else None
         mteb_dir = out.with_name(out.stem + "_mteb") if out else Path("mteb_results")
     data = TaskData(args.max_examples)
-    try:  # mteb task names are checked before any model is loaded
-        for t in specs:
-            if t.kind == "mteb":
-                data.mteb_task(t)
-    except SpecError as e:
-        return fail(str(e), 2)
+    for t in specs:  # mteb task names are checked (SpecError) before any model is loaded
+        if t.kind == "mteb":
+            data.mteb_task(t)
     start = time.perf_counter()
     try:  # data errors show up before any model is loaded
         for t in specs:
@@ -345,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         results = evaluate_one_model(args.model_dir, specs, data, args, mteb_dir, "model")
         times["model_s"] = time.perf_counter() - t0
-    except (ValueError, FileNotFoundError) as e:  # DataError, ModelDirError, SpecError are ValueErrors
+    except (ValueError, FileNotFoundError) as e:  # DataError, ModelDirError, SpecError: UserErrors, and ValueErrors
         return fail(str(e), 1)
     wall = time.perf_counter() - start
 

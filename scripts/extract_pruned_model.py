@@ -97,11 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         return _error(f"cannot import bge_pruning.training.checkpoint.load_composer_model: {exc}")
     from bge_pruning.errors import UserError
-    from bge_pruning.training.checkpoint import CheckpointError
 
     try:
         model = load_composer_model(args.checkpoint, trust_remote_code=args.trust_remote_code)
-    except (CheckpointError, UserError) as exc:
+    except UserError as exc:  # CheckpointError, RemoteCodeError, ...: the message names the file
         return _error(str(exc))
     except Exception as exc:  # noqa: BLE001 - report any loading failure with the path
         return _error(f"could not load the checkpoint {args.checkpoint}: {type(exc).__name__}: {exc}")

@@ -53,11 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from bge_pruning.data import DataError
     from bge_pruning.errors import UserError
-    from bge_pruning.evaluation.encoder import ModelDirError
-    from bge_pruning.export import ExportError
-    from bge_pruning.models.loading import ModelLoadError
     from bge_pruning.vocab import prune_vocabulary, read_keep_tokens
 
     try:
@@ -65,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         out, record = prune_vocabulary(args.model_dir, args.out_dir, args.corpus, min_count=args.min_count,
                                        max_vocab=args.max_vocab, keep_tokens=keep, eval_corpus=args.eval_text,
                                        overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
-    except (UserError, DataError, ExportError, ModelLoadError, ModelDirError) as e:
+    except UserError as e:
         print(f"prune_vocab: error: {e}", file=sys.stderr)
         return 2
     print(f"params: {record['params_before']:,} -> {record['params_after']:,} "

@@ -14,8 +14,8 @@ from bge_pruning.data import (DataError, MixtureBatches, MixtureSource, TextColl
                               load_triplets, num_samples_in_batch, parse_data_config)
 from bge_pruning.models.l0_module import ConfigError
 from bge_pruning.training.batching import split_batch
-from bge_pruning.training.losses import (default_teacher_layers, hidden_distillation_loss, layer_alignment,
-                                         layer_distillation_loss, off_diagonal, similarity_distillation_loss)
+from bge_pruning.models.losses import (default_teacher_layers, hidden_distillation_loss, layer_alignment,
+                                       layer_distillation_loss, off_diagonal, similarity_distillation_loss)
 from tiny_data import write_overlap_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -488,7 +488,7 @@ def test_layers_alive_follows_layer_and_sublayer_gates():
 
 # ---------------------------------------------------------------------------------------------- BGE-M3 head distillation
 def test_head_distillation_losses_by_hand():
-    from bge_pruning.training.losses import colbert_distillation_loss, token_weight_distillation_loss
+    from bge_pruning.models.losses import colbert_distillation_loss, token_weight_distillation_loss
 
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
     s = torch.tensor([[1.0, 2.0, 3.0, 9.0], [0.5, 0.0, 7.0, 7.0]])

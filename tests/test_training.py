@@ -8,7 +8,7 @@ import yaml
 
 from bge_pruning.config import load_config
 from bge_pruning.training.batching import split_batch
-from bge_pruning.training.losses import cosent_loss, hidden_distillation_loss, info_nce_loss, self_distillation_loss
+from bge_pruning.models.losses import cosent_loss, hidden_distillation_loss, info_nce_loss, self_distillation_loss
 from bge_pruning.training.run import build_trainer
 from tiny_data import write_overlap_pairs
 

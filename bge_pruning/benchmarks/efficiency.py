@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..errors import BenchmarkError, UserError
 from ..shapes import EncoderShape, count_params
 from .flops import FLOPS_EXCLUDED, FLOPS_INCLUDED, flops_ratio, forward_flops
 
@@ -53,10 +54,6 @@ CPU_MEMORY_CALLS = 2
 ROLES = ("base", "pruned")
 # The pruned export's ONNX graphs (``--onnx``), timed with the torch models, on CPU only.
 ONNX_ROLES = {"pruned_onnx": "onnx/model.onnx", "pruned_int8": "onnx/model_qint8_avx512_vnni.onnx"}
-
-
-class BenchmarkError(ValueError):
-    """A bad argument or model directory; the message names it."""
 
 
 # ====================================================================== models
@@ -746,7 +743,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                             repeats=args.repeats, warmup=args.warmup, device=args.device, threads=args.threads,
                             dtype=args.dtype, seed=args.seed, log=log, trust_remote_code=args.trust_remote_code,
                             onnx=args.onnx, texts=args.texts)
-    except BenchmarkError as exc:
+    except UserError as exc:  # BenchmarkError: the message names the argument or directory
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_report(res))
@@ -759,11 +756,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             return 2
         print(f"wrote {args.output}")
     if args.plot is not None:
-        from ..plots import PlotError, plot_efficiency
+        from ..plots import plot_efficiency  # only the CLI draws: the benchmark itself does not need matplotlib
 
         try:
             plot_efficiency(res, args.plot)
-        except (PlotError, OSError) as exc:
+        except (UserError, OSError) as exc:  # PlotError
             print(f"error: --plot {args.plot}: {exc}", file=sys.stderr)
             return 2
         print(f"wrote {args.plot}")

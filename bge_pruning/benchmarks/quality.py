@@ -46,13 +46,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import UserError
+from ..baselines import LAYER_RULES
+from ..errors import BenchmarkError, UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 TEMPLATES = ROOT / "configs" / "quality"
 METHODS = ("reference", "l0", "l0_global", "layer_drop")
-LAYER_RULES = ("ends", "bottom", "top")  # bge_pruning.baselines.LAYER_RULES; a test keeps them equal
 MIN_STS_RETENTION = 98.0  # % of the base's STS-B dev Spearman
 MIN_RETRIEVAL_RETENTION = 95.0  # % of the base's SciFact nDCG@10
 CHECK_TARGET = 50
@@ -73,10 +73,6 @@ MODELS = {
     "minilm": BaseModel("minilm", "embedded:all-MiniLM-L6-v2", "mean", None),
     "mpnet": BaseModel("mpnet", "embedded:all-mpnet-base-v2", "mean", 1.0),
 }
-
-
-class BenchmarkError(UserError):
-    """A stage failed or the inputs are unusable; the message says which and where its log is."""
 
 
 # ====================================================================== the scored / trained SciFact halves

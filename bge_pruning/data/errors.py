@@ -1,4 +1,5 @@
-"""The one exception the data package raises for bad input, and how it names the place.
+"""The one exception the data package raises for bad input (``DataError``, from ``bge_pruning.errors``), and how
+it names the place.
 
 Every message names the place the problem is at (at its start, except "no examples in <source>"), so a
 user can open the file and fix it:
@@ -12,12 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import DataError  # noqa: F401 - re-exported (old import path)
+
 # Local data files the loaders read; a source ending in one of these is a path, never a hub id.
 LOCAL_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".txt")
-
-
-class DataError(ValueError):
-    """Bad or missing training/evaluation data; ``str(err)`` starts with the place (file:line, id[split][i], key)."""
 
 
 def file_place(path: str | os.PathLike, line: int) -> str:

@@ -17,6 +17,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from bge_pruning.errors import ModelDirError
+
 from bge_pruning.models.heads import (COLBERT_FILE, SPARSE_FILE, ColbertHead, SparseHead, dense_embedding,
                                       lexical_weights, special_token_ids)
 
@@ -27,10 +29,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "sent
 SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
 UNSUPPORTED_POOLING = ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens",
                        "pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
-
-
-class ModelDirError(ValueError):
-    """A model directory that cannot be evaluated; the message starts with the path."""
 
 
 def _read_json(path: Path) -> dict | list:
@@ -309,7 +307,10 @@ class EmbeddingModel:
                              return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items()}
         out = self.model(**enc)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        if isinstance(out, torch.Tensor):  # a module that returns the last hidden state (the masked backbone)
+            hidden = out
+        else:
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return hidden, enc["attention_mask"], enc["input_ids"]
 
 

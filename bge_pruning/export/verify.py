@@ -7,12 +7,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-
-class ExportError(RuntimeError):
-    """An export could not be written or failed a check; the message says which check and why.
-
-    When this is raised the target directory is untouched and no temporary directory is left behind.
-    """
+from ..errors import ExportError
 
 
 def max_abs_diff_on_tokens(a: torch.Tensor, b: torch.Tensor, attention_mask: torch.Tensor) -> float:

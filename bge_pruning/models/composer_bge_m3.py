@@ -8,15 +8,14 @@ import torch
 from composer.models import ComposerModel
 from torchmetrics import Metric, SpearmanCorrCoef
 
-from ..training.losses import (colbert_distillation_loss, cosent_loss, default_teacher_layers,
-                               embedding_distillation_loss, hidden_distillation_loss, info_nce_loss,
-                               layer_distillation_loss, off_diagonal, self_distillation_loss,
-                               similarity_distillation_loss, token_weight_distillation_loss)
 from .heads import (COLBERT_FILE, SPARSE_FILE, ColbertHead, SparseHead, colbert_scores, dense_embedding,
                     lexical_matrix, special_token_ids)
 from .l0_module import SUBLAYER_MODULES, ConfigError, GlobalTarget, L0Module, parse_target
 from .loading import (ModelLoadError, check_tokenizer_matches, find_head_file, load_hf_model, load_linear_state,
                       st_max_seq_length)
+from .losses import (colbert_distillation_loss, cosent_loss, default_teacher_layers, embedding_distillation_loss,
+                     hidden_distillation_loss, info_nce_loss, layer_distillation_loss, off_diagonal,
+                     self_distillation_loss, similarity_distillation_loss, token_weight_distillation_loss)
 from .masked_encoder import MaskedBGEM3Backbone
 
 

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 from ..shapes import (EncoderShape, count_params, layer_params, params_per_attention_fixed, params_per_ffn_fixed,
                       params_per_head, params_per_intermediate_unit, params_per_layer_fixed)
 
@@ -46,10 +48,6 @@ GLOBAL_KEYS = ("n_params", "share")  # target_model keys of a global target
 SHAPE_KEYS = ("n_layers", "n_heads", "intermediate_size")  # target_model keys of a uniform target shape
 DEAD_BELOW = 0.05  # a kept unit whose deterministic value is below this is kept in name only
 MAX_SPARSITY_GAP = 0.05  # |expected - target| sparsity per module above which pruning is reported unconverged
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the config key."""
 
 
 class Mask(nn.Module):

@@ -7,14 +7,11 @@ from typing import Any
 
 import torch
 
+from ..errors import ModelLoadError
 from .families import FAMILIES, SUPPORTED_MODEL_TYPES
 
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_MODELS = ("all-MiniLM-L6-v2", "all-mpnet-base-v2")
-
-
-class ModelLoadError(RuntimeError):
-    """A base model or its files could not be loaded; the message says which and what to do."""
 
 
 def resolve_model_path(name_or_path: str) -> str:

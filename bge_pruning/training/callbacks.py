@@ -12,6 +12,9 @@ from composer import Callback, Logger, State
 from composer.loggers import LoggerDestination
 from composer.utils import dist
 
+# TrainingOutOfMemoryError: raised by training.run, importable from here as before
+from ..errors import NonFiniteLossError, TrainingOutOfMemoryError  # noqa: F401
+
 
 def _model(state: State) -> Any:
     model = state.model
@@ -49,14 +52,6 @@ class PruningCallback(Callback):
         folder.mkdir(parents=True, exist_ok=True)
         zs = {k: v.detach().float().cpu() for k, v in model.l0_module.deterministic_zs().items()}
         torch.save(zs, folder / f"zs_s{int(state.timestamp.batch.value)}.pt")
-
-
-class NonFiniteLossError(FloatingPointError):
-    pass
-
-
-class TrainingOutOfMemoryError(RuntimeError):
-    """The accelerator ran out of memory; the message says which settings to lower (see run.out_of_memory_message)."""
 
 
 LATEST_CHECKPOINT = "latest-rank0.pt"  # Composer's default save_latest_filename, for rank 0 (monolithic saves)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from ..errors import CheckpointError
 from ..models.composer_bge_m3 import ComposerBGEM3, build_model
 from ..models.loading import resolve_model_path, st_max_seq_length
 from ..trust import MODELING_FILE, PRUNING_INFO_FILE, resolve_trust
@@ -27,10 +28,6 @@ VOCAB_RECORD = "vocabulary.json"
 ST_CONFIG = "sentence_bert_config.json"
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def save_run_files(folder: Path, cfg: Any, model: ComposerBGEM3) -> None:

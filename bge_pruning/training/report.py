@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
@@ -14,23 +13,13 @@ from ..shapes import EncoderShape, count_params
 MAX_LENGTH = 512
 
 
-class _HiddenStates(torch.nn.Module):
-    """Gives the masked backbone the HF call signature ``EmbeddingModel`` expects."""
-
-    def __init__(self, backbone: torch.nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.config = backbone.config
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any) -> SimpleNamespace:
-        return SimpleNamespace(last_hidden_state=self.backbone(input_ids, attention_mask))
-
-
 def sts_of_model(model: Any, pairs: Sequence[Any]) -> dict[str, float]:
     """Dense STS scores of a ``ComposerBGEM3`` as it is now (no masks), on its current device."""
     device = next(model.backbone.parameters()).device
     was_training = model.backbone.training
-    enc = EmbeddingModel(_HiddenStates(model.backbone), model.tokenizer, pooling=model.pooling,
+    # EmbeddingModel takes the backbone as it is: it is called with the tokenizer's outputs and returns the
+    # last hidden state.
+    enc = EmbeddingModel(model.backbone, model.tokenizer, pooling=model.pooling,
                          normalize=model.normalize, max_length=min(MAX_LENGTH, model.tokenizer.model_max_length),
                          device=device)
     try:
