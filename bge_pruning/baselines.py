@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch loads in layer_drop_zs, so the benchmark driver can read LAYER_RULES without it
     import torch

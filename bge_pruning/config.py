@@ -19,9 +19,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Union
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -136,19 +137,19 @@ class GlobalTarget:
     """A global target: ``{n_params: N}`` or ``{share: s}`` of the base's encoder-layer parameters (one of them;
     bge_pruning.models.l0_module.parse_target checks the range against the base)."""
 
-    n_params: Optional[int] = None
-    share: Optional[Union[int, float]] = None  # kept as written (2 stays 2 in parse_target's message)
+    n_params: int | None = None
+    share: int | float | None = None  # kept as written (2 stays 2 in parse_target's message)
 
 
 @dataclass
 class MixedTarget:
     """Keys of both kinds: accepted here so that parse_target can name the mix in one message."""
 
-    n_layers: Optional[int] = None
-    n_heads: Optional[int] = None
-    intermediate_size: Optional[int] = None
-    n_params: Optional[int] = None
-    share: Optional[Union[int, float]] = None
+    n_layers: int | None = None
+    n_heads: int | None = None
+    intermediate_size: int | None = None
+    n_params: int | None = None
+    share: int | float | None = None
 
 
 SHAPE_KEYS = ("n_layers", "n_heads", "intermediate_size")
@@ -159,9 +160,9 @@ TARGET_MODEL = ("model", "l0_module", "target_model")
 @dataclass
 class L0ModuleConfig:
     # layer | head | intermediate | head_layer, mlp (whole attention / FFN sublayers; global target only)
-    pruning_modules: List[str] = spec(factory=lambda: ["layer", "head", "intermediate"])
+    pruning_modules: list[str] = spec(factory=lambda: ["layer", "head", "intermediate"])
     start_sparsity: float = spec(0.0, rule=Rule(lambda v: _number(v) and 0 <= v < 1, "a float in [0, 1)"))
-    lagrangian_warmup_steps: Union[int, str] = spec(
+    lagrangian_warmup_steps: int | str = spec(
         "0ba", rule=duration("ba", positive=False, units=("ba",), example="200 or 200ba (batches)"))
     # Deterministic masks: the target (uniform: exactly the target widths; global: the parameter budget)
     # or, when false, the expected number of units per row (CoFi).
@@ -183,8 +184,8 @@ class VocabConfig:
 
     corpus: Any = None  # a path or a list of corpus specs
     min_count: int = spec(1, rule=at_least(1, "an integer"))
-    max_vocab: Optional[int] = spec(None, rule=greater(0, "an integer"))
-    keep_tokens: Optional[str] = None
+    max_vocab: int | None = spec(None, rule=greater(0, "an integer"))
+    keep_tokens: str | None = None
 
 
 @dataclass
@@ -193,7 +194,7 @@ class ModelConfig:
     pooling: str = spec("cls", rule=one_of("cls", "mean"))  # cls (BGE-M3) | mean (MiniLM / sentence-transformers)
     normalize: bool = True
     trust_remote_code: bool = False  # run modeling code from model directories other than this project's exports
-    teacher: Optional[str] = None  # distillation teacher; default: the initial weights (prune) / the export's base
+    teacher: str | None = None  # distillation teacher; default: the initial weights (prune) / the export's base
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
     l0_module: L0ModuleConfig = field(default_factory=L0ModuleConfig)
@@ -217,7 +218,7 @@ class LossConfig:
     # teacher: CoFi's layer-wise distillation (bge_pruning.models.losses.layer_distillation_loss): each
     # chosen teacher layer pulls the closest student layer (order kept) through a learned D x D map
     distill_layers: float = spec(0.0, rule=WEIGHT)
-    distill_layers_teacher: Optional[List[int]] = None  # teacher layers (0-based); None: 4 evenly spaced, last included
+    distill_layers_teacher: list[int] | None = None  # teacher layers (0-based); None: 4 evenly spaced, last included
     # teacher's BGE-M3 heads (its sparse_linear.pt / colbert_linear.pt on its own token states): MSE of the
     # per-token lexical weights / of the colbert vectors, real tokens only (needs model.heads.sparse / colbert)
     distill_sparse: float = spec(0.0, rule=WEIGHT)
@@ -227,8 +228,8 @@ class LossConfig:
 
 @dataclass
 class EvalConfig:
-    sts: Optional[Dict[str, Any]] = None  # {source, split, max_examples}
-    retrieval: Optional[Dict[str, Any]] = None  # {source, split, n_negatives, max_examples}
+    sts: dict[str, Any] | None = None  # {source, split, max_examples}
+    retrieval: dict[str, Any] | None = None  # {source, split, n_negatives, max_examples}
 
 
 @dataclass
@@ -248,35 +249,35 @@ class TrainConfig:
     device: str = spec("auto", rule=one_of("auto", "cpu", "gpu"))
     precision: str = spec("fp32", rule=one_of(*PRECISIONS))
     batch_size: int = spec(32, rule=greater(0, "an integer"))  # per device
-    device_train_microbatch_size: Optional[Union[int, str]] = spec(
+    device_train_microbatch_size: int | str | None = spec(
         None, rule=Rule(_microbatch, "an integer > 0 or 'auto' (GPU)"))
-    max_duration: Union[int, str] = spec("500ba", rule=duration("ep"))
+    max_duration: int | str = spec("500ba", rule=duration("ep"))
     optimizer: str = spec("decoupled_adamw", rule=one_of("decoupled_adamw"))
     lr: float = spec(2.0e-5, rule=at_least(0))
-    l0_lr: Optional[float] = spec(None, rule=at_least(0))  # mask log-alphas; LLM-Shearing uses lag_lr for both
+    l0_lr: float | None = spec(None, rule=at_least(0))  # mask log-alphas; LLM-Shearing uses lag_lr for both
     lag_lr: float = spec(1.0, rule=at_least(0))  # Lagrange multipliers, applied as -lag_lr (gradient ascent)
     # clip the global gradient norm (Composer's GradientClipping); LLM-Shearing uses 1.0
-    grad_clip_norm: Optional[float] = spec(None, rule=Rule(lambda v: _number(v) and v > 0, "a positive number"))
+    grad_clip_norm: float | None = spec(None, rule=Rule(lambda v: _number(v) and v > 0, "a positive number"))
     weight_decay: float = spec(0.0, rule=at_least(0))  # decoupled (Composer): use ~1e-5, not 0.01
-    betas: List[float] = spec(factory=lambda: [0.9, 0.999], rule=Rule(
+    betas: list[float] = spec(factory=lambda: [0.9, 0.999], rule=Rule(
         lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v), "two floats in [0, 1)"))
     eps: float = spec(1.0e-8, rule=greater(0))
     scheduler: str = spec("linear", rule=one_of("linear", "cosine", "constant"))
     warmup: str = spec("0.1dur", rule=duration(None, positive=False, units=TIME_UNITS + ("dur",),
                                                example="0.1dur or 100ba"))
-    eval_interval: Union[int, str] = spec("100ba", rule=duration("ep"))
+    eval_interval: int | str = spec("100ba", rule=duration("ep"))
     eval_first: bool = False
     save_folder: str = "experiments/{run_name}/checkpoints"
-    save_interval: Union[int, str] = spec("500ba", rule=duration("ep"))
+    save_interval: int | str = spec("500ba", rule=duration("ep"))
     save_num_checkpoints_to_keep: int = spec(-1, rule=at_least(-1, "an integer"))
     save_overwrite: bool = False
     autoresume: bool = False
-    load_path: Optional[str] = None
+    load_path: str | None = None
     progress_bar: bool = True
     log_to_console: bool = False
-    console_log_interval: Union[int, str] = spec("10ba", rule=duration("ep"))
-    log_file: Optional[str] = "experiments/{run_name}/train_log.jsonl"
-    fsdp_config: Optional[Dict[str, Any]] = None  # passed to Composer as it is
+    console_log_interval: int | str = spec("10ba", rule=duration("ep"))
+    log_file: str | None = "experiments/{run_name}/train_log.jsonl"
+    fsdp_config: dict[str, Any] | None = None  # passed to Composer as it is
     dist_timeout: float = spec(600.0, rule=greater(0))
 
 
@@ -288,7 +289,7 @@ class ExportConfig:
     dtype: str = spec("float32", rule=one_of(*EXPORT_DTYPES))  # the saved weights' dtype (verified against float32)
     onnx: bool = False  # also write onnx/model.onnx, checked with onnxruntime against torch (the 'onnx' extra)
     # int8: with onnx, also onnx/model_qint8_avx512_vnni.onnx (dynamic quantization)
-    quantize: Optional[str] = spec(None, rule=Rule(lambda v: v in QUANTIZE_CHOICES,
+    quantize: str | None = spec(None, rule=Rule(lambda v: v in QUANTIZE_CHOICES,
                                                    "null or one of " + ", ".join(QUANTIZE_CHOICES)))
 
 
@@ -301,7 +302,7 @@ class ReportConfig:
 class RunConfig:
     """The whole run (``train.py CONFIG``); sections below, free-form mappings where a library reads them."""
 
-    run_name: Optional[str] = None  # default: the config file's name (a finetune: <source run>_finetune)
+    run_name: str | None = None  # default: the config file's name (a finetune: <source run>_finetune)
     seed: int = 17
     stage: str = spec("prune", rule=one_of(*STAGES))  # prune: masks, then prune physically | finetune: no masks
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -311,8 +312,8 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     # Composer loggers and monitors, as llm-foundry's: each entry's mapping is passed to the class as keyword
     # arguments, e.g. loggers: {tensorboard: {log_dir: runs/x}}, callbacks: {lr_monitor: {}}.
-    loggers: Optional[Dict[str, Any]] = None  # tensorboard (TensorboardLogger) | mlflow | wandb
-    callbacks: Optional[Dict[str, Any]] = None  # lr_monitor | speed_monitor | memory_monitor
+    loggers: dict[str, Any] | None = None  # tensorboard (TensorboardLogger) | mlflow | wandb
+    callbacks: dict[str, Any] | None = None  # lr_monitor | speed_monitor | memory_monitor
     report: ReportConfig = field(default_factory=ReportConfig)
 
 
@@ -376,9 +377,9 @@ def _describe(tp: Any) -> str:
         inner = [a for a in args if a is not type(None)]
         text = " or ".join(_describe(a) for a in inner)
         return f"{text} or null" if type(None) in args else text
-    if origin in (list, List):
+    if origin in (list, list):
         return f"a list of {_describe(args[0]).split(' ', 1)[1]}s" if args else "a list"
-    if origin in (dict, Dict) or tp in (dict, Dict):
+    if origin in (dict, dict) or tp in (dict, dict):
         return "a mapping"
     if _is_section(tp):
         return "a mapping of keys (a section)"

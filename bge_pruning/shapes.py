@@ -108,7 +108,7 @@ class EncoderShape:
         type_vocab_size: int,
         head_dim: int | None = None,
         has_pooler: bool = True,
-    ) -> "EncoderShape":
+    ) -> EncoderShape:
         return cls(
             hidden_size=hidden_size,
             head_dim=head_dim if head_dim is not None else hidden_size // n_heads,
@@ -121,7 +121,7 @@ class EncoderShape:
         )
 
     @classmethod
-    def from_hf_config(cls, config: Any, has_pooler: bool = True) -> "EncoderShape":
+    def from_hf_config(cls, config: Any, has_pooler: bool = True) -> EncoderShape:
         """Shape of a stock or pruned HF config (pruned configs carry per-layer widths)."""
         from .models.families import find_family
 
@@ -159,7 +159,7 @@ class EncoderShape:
     def has_removed_sublayers(self) -> bool:
         return not (all(self.attention_kept_per_layer) and all(self.ffn_kept_per_layer))
 
-    def with_target(self, n_layers: int, n_heads: int, intermediate_size: int) -> "EncoderShape":
+    def with_target(self, n_layers: int, n_heads: int, intermediate_size: int) -> EncoderShape:
         """The uniform shape this encoder is pruned to (same hidden size, head size, vocabulary, bias table)."""
         return EncoderShape(
             hidden_size=self.hidden_size,

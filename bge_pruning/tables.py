@@ -1,7 +1,7 @@
 """Plain-text tables for the command-line reports (one helper instead of one printer per script)."""
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 
 def format_rows(header: Sequence[str], rows: Iterable[Sequence[str]], left: Iterable[int] = (0,)) -> str:

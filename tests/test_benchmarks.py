@@ -11,7 +11,6 @@ from bge_pruning.benchmarks import flops_ratio, forward_flops, layer_flops
 from bge_pruning.benchmarks.efficiency import BenchmarkError, main, run_benchmark
 from bge_pruning.shapes import EncoderShape
 
-
 TINY_HEADS = [4, 2, 3, 1]
 TINY_INTER = [64, 30, 20, 10]
 TINY_LAYER_Z = [1.0, 0.0, 1.0, 1.0]  # layer 1 dropped

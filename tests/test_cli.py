@@ -5,12 +5,12 @@ import sys
 from pathlib import Path
 
 import torch
+from test_training import tiny_config
 from transformers import AutoModel
 
 from bge_pruning.config import load_config
 from bge_pruning.training.checkpoint import load_composer_model
 from bge_pruning.training.run import build_trainer
-from test_training import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

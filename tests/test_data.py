@@ -15,9 +15,22 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import SequentialSampler
 
-from bge_pruning.data import (DataError, MixtureBatches, MixtureSource, PairCollator, StsPair, Triplet,
-                              TripletCollator, build_train_dataloader, dataset_shortcut, load_beir, load_sts,
-                              load_triplets, num_samples_in_batch, parse_data_config)
+from bge_pruning.data import (
+    DataError,
+    MixtureBatches,
+    MixtureSource,
+    PairCollator,
+    StsPair,
+    Triplet,
+    TripletCollator,
+    build_train_dataloader,
+    dataset_shortcut,
+    load_beir,
+    load_sts,
+    load_triplets,
+    num_samples_in_batch,
+    parse_data_config,
+)
 
 STSB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "stsbenchmark"
 needs_stsb = pytest.mark.skipif(not (STSB_DIR / "sts-train.csv").is_file(),

@@ -13,10 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from bge_pruning.export import ExportError, export_composer_model, export_pruned_model
-from bge_pruning.export import hf_export
-from bge_pruning.models.heads import (COLBERT_FILE, SPARSE_FILE, ColbertHead, SparseHead, dense_embedding,
-                                      lexical_weights, special_token_ids)
+from bge_pruning.export import ExportError, export_composer_model, export_pruned_model, hf_export
+from bge_pruning.models.heads import (
+    COLBERT_FILE,
+    SPARSE_FILE,
+    ColbertHead,
+    SparseHead,
+    dense_embedding,
+    lexical_weights,
+    special_token_ids,
+)
 from bge_pruning.models.masked_encoder import MaskedBGEM3Backbone
 from bge_pruning.shapes import EncoderShape, count_params
 

@@ -9,17 +9,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_export import (
+    TEXTS,
+    TINY_TEXTS,
+    _load_script,
+    _masked_hidden,
+    _real_diff,
+    _siblings,
+    _tiny_zs,
+    fake_checkpoint_loader,  # noqa: F401 - minilm and tiny are fixtures
+    )
+from test_reliability import error_line, run_main, snapshot, write_config
 
 from bge_pruning.config import EXPORT_DTYPES as CONFIG_DTYPES
 from bge_pruning.config import load_config
-from bge_pruning.export import ExportError, export_pruned_model
-from bge_pruning.export import hf_export
+from bge_pruning.export import ExportError, export_pruned_model, hf_export
 from bge_pruning.export.hf_export import DEFAULT_ATOL, EXPORT_DTYPES
-from bge_pruning.models.heads import (COLBERT_FILE, SPARSE_FILE, dense_embedding, lexical_weights,
-                                      special_token_ids)
-from test_export import (TEXTS, TINY_TEXTS, _load_script, _masked_hidden, _real_diff, _siblings, _tiny_zs,
-                         fake_checkpoint_loader, minilm, tiny)  # noqa: F401 - minilm and tiny are fixtures
-from test_reliability import error_line, run_main, snapshot, write_config
+from bge_pruning.models.heads import COLBERT_FILE, SPARSE_FILE, dense_embedding, lexical_weights, special_token_ids
 
 HALF = ["float16", "bfloat16"]
 # Pooled, normalised embeddings (dense, colbert) and lexical weights are ~20x smaller than the hidden states

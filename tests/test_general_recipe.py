@@ -8,15 +8,29 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_data import write_overlap_pairs
 
 from bge_pruning.config import load_config
-from bge_pruning.data import (DataError, MixtureBatches, MixtureSource, TextCollator, load_beir, load_text_source,
-                              load_triplets, num_samples_in_batch, parse_data_config)
+from bge_pruning.data import (
+    DataError,
+    MixtureBatches,
+    MixtureSource,
+    TextCollator,
+    load_beir,
+    load_text_source,
+    load_triplets,
+    num_samples_in_batch,
+    parse_data_config,
+)
 from bge_pruning.models.l0_module import ConfigError
+from bge_pruning.models.losses import (
+    default_teacher_layers,
+    layer_alignment,
+    layer_distillation_loss,
+    off_diagonal,
+    similarity_distillation_loss,
+)
 from bge_pruning.training.batching import split_batch
-from bge_pruning.models.losses import (default_teacher_layers, hidden_distillation_loss, layer_alignment,
-                                       layer_distillation_loss, off_diagonal, similarity_distillation_loss)
-from tiny_data import write_overlap_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -387,9 +401,8 @@ def test_text_source_config_validation(tmp_path):
 
 
 def test_text_collation_mixture_and_microbatches(tmp_path):
-    from transformers import AutoTokenizer
-
     from tiny_models import build_tiny_xlmr
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(build_tiny_xlmr(tmp_path / "m"))
     texts = ["the cat.", "a dog runs quickly.", "one two.", "red car"]

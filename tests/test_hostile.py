@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
 from test_reliability import error_line, run_main, snapshot, write_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from bge_pruning.models.l0_module import (ConfigError, L0Module, Mask, TEMPERATURE, TargetShape, parse_target)
+from bge_pruning.models.l0_module import TEMPERATURE, ConfigError, L0Module, Mask, TargetShape, parse_target
 from bge_pruning.shapes import EncoderShape, count_params
 
 BASE = EncoderShape.uniform(n_layers=6, n_heads=12, hidden_size=384, intermediate_size=1536,

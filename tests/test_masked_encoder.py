@@ -1,11 +1,11 @@
 """The masked backbone equals HF's models, masks behave as specified, parameter counts are exact."""
 import pytest
 import torch
+from tiny_models import build_tiny_xlmr
 from transformers import AutoModel, AutoTokenizer
 
 from bge_pruning.models.masked_encoder import MaskedBGEM3Backbone
 from bge_pruning.shapes import EncoderShape, count_params
-from tiny_models import build_tiny_xlmr
 
 TEXTS = ["a short one.", "the cat sits on the red house near the river and sings very happily today."]
 

@@ -5,8 +5,15 @@ import math
 
 import pytest
 
-from bge_pruning.evaluation.metrics import (mrr_at_k, ndcg_at_k, pearson, rank_documents, ranking_metrics,
-                                            recall_at_k, spearman)
+from bge_pruning.evaluation.metrics import (
+    mrr_at_k,
+    ndcg_at_k,
+    pearson,
+    rank_documents,
+    ranking_metrics,
+    recall_at_k,
+    spearman,
+)
 
 LOG2_3 = math.log2(3)
 

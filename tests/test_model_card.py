@@ -52,12 +52,12 @@ def test_card_of_a_run_that_trimmed_the_vocabulary_first():
 def test_card_shows_onnx_files_and_recorded_evaluation(tmp_path, minilm_path):
     """An export with ONNX lists the graphs with their checks; a run's before/after figures, recorded afterwards,
     become an Evaluation table (retention computed) in the card and pruning_info.json, the license kept."""
+    from test_export import MINILM_HEADS, MINILM_INTER, MINILM_LAYER_Z, _masks
     from transformers import AutoTokenizer
 
     from bge_pruning.export import export_pruned_model
     from bge_pruning.export.model_card import record_evaluation
     from bge_pruning.models.masked_encoder import MaskedBGEM3Backbone
-    from test_export import MINILM_HEADS, MINILM_INTER, MINILM_LAYER_Z, _masks
 
     backbone = MaskedBGEM3Backbone.from_pretrained(str(minilm_path)).eval()
     out = export_pruned_model(backbone, tmp_path / "m", AutoTokenizer.from_pretrained(str(minilm_path)),
@@ -67,7 +67,7 @@ def test_card_shows_onnx_files_and_recorded_evaluation(tmp_path, minilm_path):
     info = json.loads((out / "pruning_info.json").read_text())
     assert "## ONNX" in card and f"max abs diff {info['onnx']['max_abs_diff']:.1e}" in card
     q = info["onnx"]["quantized"]["int8"]
-    assert f"`onnx/model_qint8_avx512_vnni.onnx`: int8 dynamic quantization" in card
+    assert "`onnx/model_qint8_avx512_vnni.onnx`: int8 dynamic quantization" in card
     assert f"{q['min_cosine_mean_pooled']:.3f}" in card
     assert "## Evaluation" not in card
 

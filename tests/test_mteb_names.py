@@ -55,6 +55,7 @@ def test_mteb_evaluate_on_sentence_transformer_equals_the_project_wrapper(minilm
     task. The wrapper encodes through its own EmbeddingModel, mteb through sentence-transformers."""
     import mteb
     from sentence_transformers import SentenceTransformer
+    from test_export import MINILM_HEADS, MINILM_INTER, MINILM_LAYER_Z, _masks
     from transformers import AutoTokenizer
 
     from bge_pruning.evaluation.encoder import EmbeddingModel
@@ -62,7 +63,6 @@ def test_mteb_evaluate_on_sentence_transformer_equals_the_project_wrapper(minilm
     from bge_pruning.evaluation.retrieval import paraphrase_retrieval_from_sts
     from bge_pruning.export import export_pruned_model
     from bge_pruning.models.masked_encoder import MaskedBGEM3Backbone
-    from test_export import MINILM_HEADS, MINILM_INTER, MINILM_LAYER_Z, _masks
 
     backbone = MaskedBGEM3Backbone.from_pretrained(str(minilm_path)).eval()
     export = export_pruned_model(backbone, tmp_path / "export", AutoTokenizer.from_pretrained(str(minilm_path)),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from test_training import tiny_config
 from torch.utils.data.distributed import DistributedSampler
 
 from bge_pruning.config import load_config
@@ -14,7 +15,6 @@ from bge_pruning.data import MixtureBatches, MixtureSource
 from bge_pruning.models.composer_bge_m3 import build_model
 from bge_pruning.shapes import EncoderShape
 from bge_pruning.training.checkpoint import load_composer_model
-from test_training import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSER = Path(sys.executable).with_name("composer")

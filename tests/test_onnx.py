@@ -16,16 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_export import TEXTS, TINY_TEXTS, _load_script, _tiny_zs, fake_checkpoint_loader, minilm, tiny  # noqa: F401
+from test_reliability import error_line, run_main, snapshot, write_config
 
 from bge_pruning.config import QUANTIZE_CHOICES as CONFIG_QUANTIZE
 from bge_pruning.config import load_config
 from bge_pruning.evaluation.encoder import EmbeddingModel
-from bge_pruning.export import ExportError, export_pruned_model
-from bge_pruning.export import hf_export, onnx_export
+from bge_pruning.export import ExportError, export_pruned_model, hf_export, onnx_export
 from bge_pruning.export.onnx_export import ONNX_ATOL, ONNX_FILE, QUANTIZE_CHOICES, QUANTIZED_FILES
-from test_export import (TEXTS, TINY_TEXTS, _load_script, _tiny_zs, fake_checkpoint_loader,  # noqa: F401
-                         minilm, tiny)
-from test_reliability import error_line, run_main, snapshot, write_config
 
 ort = pytest.importorskip("onnxruntime", reason="the 'onnx' extra (onnx, onnxruntime) is not installed")
 ROOT = Path(__file__).resolve().parents[1]

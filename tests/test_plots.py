@@ -10,10 +10,24 @@ import pytest
 import torch
 from PIL import Image
 
-from bge_pruning.plots import (KeptStructure, PlotError, is_size_series, kept_structure_from_pruning_info,
-                               kept_structure_from_zs, label_below, load_kept_structure, main, pareto_front,
-                               plot_efficiency, plot_masks, plot_pareto, plot_training, read_pareto_runs, read_run_log,
-                               training_panels)
+from bge_pruning.plots import (
+    KeptStructure,
+    PlotError,
+    is_size_series,
+    kept_structure_from_pruning_info,
+    kept_structure_from_zs,
+    label_below,
+    load_kept_structure,
+    main,
+    pareto_front,
+    plot_efficiency,
+    plot_masks,
+    plot_pareto,
+    plot_training,
+    read_pareto_runs,
+    read_run_log,
+    training_panels,
+)
 
 NAN = math.nan
 

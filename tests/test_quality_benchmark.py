@@ -199,7 +199,6 @@ def test_candidate_shapes_is_what_target_shapes_prints():
 
 # ---------------------------------------------------------------------- the SciFact split
 def test_scored_claims_are_never_the_trained_half():
-    from bge_pruning.data.retrieval import load_triplets
 
     scifact = ROOT.parent / "shared" / "data" / "scifact"
     if not (scifact / "qrels" / "train.tsv").is_file():

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import yaml
 from safetensors.torch import load_file
-
 from test_reliability import subprocess_env, write_config
 
 ROOT = Path(__file__).resolve().parents[1]

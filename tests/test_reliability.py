@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from test_training import tiny_config
 
 import train as train_script
 from bge_pruning.config import load_config
@@ -24,7 +25,6 @@ from bge_pruning.models.l0_module import ConfigError, TargetShape, parse_target
 from bge_pruning.shapes import EncoderShape
 from bge_pruning.training.callbacks import NonFiniteLossError, NonFiniteLossGuard
 from bge_pruning.training.checkpoint import load_composer_model
-from test_training import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

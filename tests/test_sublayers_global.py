@@ -10,17 +10,14 @@ import math
 
 import pytest
 import torch
-import yaml
+from test_reliability import error_line, run_main, snapshot, write_config
 from transformers import AutoModel, AutoTokenizer
 
-import train as train_script
 from bge_pruning.config import load_config
 from bge_pruning.export import ExportError, export_pruned_model
-from bge_pruning.models.l0_module import (LOG_ALPHA_MAX, LOG_ALPHA_MIN, ConfigError, GlobalTarget, L0Module,
-                                          parse_target)
+from bge_pruning.models.l0_module import LOG_ALPHA_MAX, LOG_ALPHA_MIN, ConfigError, GlobalTarget, L0Module, parse_target
 from bge_pruning.models.masked_encoder import MaskedBGEM3Backbone
 from bge_pruning.shapes import EncoderShape, count_params, layer_params
-from test_reliability import error_line, run_main, snapshot, write_config
 
 BASE = EncoderShape.uniform(n_layers=6, n_heads=12, hidden_size=384, intermediate_size=1536,
                             vocab_size=30522, max_position_embeddings=512, type_vocab_size=2)

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 import yaml
+from tiny_data import write_overlap_pairs
 
 from bge_pruning.config import load_config
-from bge_pruning.training.batching import split_batch
 from bge_pruning.models.losses import cosent_loss, hidden_distillation_loss, info_nce_loss, self_distillation_loss
+from bge_pruning.training.batching import split_batch
 from bge_pruning.training.run import build_trainer
-from tiny_data import write_overlap_pairs
 
 
 def write_triplets(path, n=96):
@@ -126,9 +126,9 @@ def test_hidden_distillation_ignores_padding():
 
 
 def test_hidden_distillation_in_the_model(tmp_path, tiny_xlmr_path):
-    from bge_pruning.models.composer_bge_m3 import build_model
     from bge_pruning.data.collate import PairCollator
     from bge_pruning.data.sts import StsPair
+    from bge_pruning.models.composer_bge_m3 import build_model
 
     cfg = load_config(tiny_config(tmp_path, tiny_xlmr_path))
     model = build_model(cfg).eval()  # deterministic masks: the student differs from its frozen copy
@@ -188,11 +188,11 @@ def test_bge_m3_head_files_are_loaded(tmp_path, tiny_xlmr_path):
 def test_vocab_trim_before_training(tmp_path, tiny_xlmr_path):
     """model.vocab trims student and teacher to the same ids before training; the export and a checkpoint
     rebuilt offline both have the trimmed vocabulary."""
+    from tiny_models import corpus
     from transformers import AutoConfig, AutoTokenizer
 
     from bge_pruning.training.checkpoint import load_composer_model
     from bge_pruning.training.run import run
-    from tiny_models import corpus
 
     texts = tmp_path / "corpus.txt"
     texts.write_text("\n".join(corpus(20, seed=3)) + "\n")
@@ -209,7 +209,7 @@ def test_vocab_trim_before_training(tmp_path, tiny_xlmr_path):
     assert [kept[i] for i in model.tokenizer(sample)["input_ids"]] == base_tok(sample)["input_ids"]
     trainer.close()
 
-    summary = run(load_config(path, [f"model.vocab.corpus=[{texts}]", f"run_name=vocab"]))
+    summary = run(load_config(path, [f"model.vocab.corpus=[{texts}]", "run_name=vocab"]))
     export = tmp_path / "model"
     info = json.loads((export / "pruning_info.json").read_text())
     assert info["vocabulary"]["kept_size"] == len(kept)

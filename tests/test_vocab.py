@@ -8,12 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from bge_pruning.data.errors import DataError
 from bge_pruning.data.text import corpus_texts, parse_corpus_spec
-from bge_pruning.errors import VocabError
-from bge_pruning.vocab import plain_backend, prune_vocabulary, trimmed_tokenizer_json
+from bge_pruning.vocab import prune_vocabulary, trimmed_tokenizer_json
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_STS = ROOT / "data" / "demo_sts" / "train.tsv"

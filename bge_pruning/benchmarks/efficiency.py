@@ -38,9 +38,10 @@ import platform
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import BenchmarkError, UserError
 from ..shapes import EncoderShape, count_params
@@ -262,7 +263,7 @@ class _RssPeak:
         value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return int(value) if sys.platform == "darwin" else int(value) * 1024
 
-    def __enter__(self) -> "_RssPeak":
+    def __enter__(self) -> _RssPeak:
         if self._proc is None:
             self._start = self._maxrss()
             return self

@@ -42,9 +42,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..baselines import LAYER_RULES
 from ..errors import BenchmarkError, UserError

@@ -13,13 +13,13 @@ single token type and BERT's default zeros are what the model uses without them.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from .retrieval import Triplet
 from .sts import StsPair
-
 
 CHARS_PER_TOKEN_CAP = 64  # characters kept per allowed token before tokenizing (see _Encoder.encode)
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .errors import DataError, file_place, looks_like_local_path, resolve_local, row_place
 from .hub import load_hub_dataset, require_columns
@@ -90,7 +91,7 @@ def query_half(ids: str | None, records: Iterable[tuple[str, Any, str]],
     return {qid for qid in numbers if smallest[find(("query", qid))] % 2 == want}
 
 
-def positive_links(beir: "BeirSource") -> list[tuple[str, str]]:
+def positive_links(beir: BeirSource) -> list[tuple[str, str]]:
     """``(query id, document id)`` of every positive qrel of a BEIR source (what :func:`query_half` groups by)."""
     return [(qid, did) for _, qid, did, score in beir.qrels() if score > 0]
 

@@ -17,10 +17,11 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .errors import DataError, file_place, looks_like_local_path, resolve_local, row_place
 from .hub import load_hub_dataset, require_columns

@@ -14,8 +14,9 @@ line writes it:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import DataError, file_place, looks_like_local_path, resolve_local
 from .retrieval import BeirSource, jsonl_records, load_beir, query_half, read_corpus

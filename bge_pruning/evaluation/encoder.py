@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
 from bge_pruning.errors import ModelDirError
-
-from bge_pruning.models.heads import (COLBERT_FILE, SPARSE_FILE, ColbertHead, SparseHead, dense_embedding,
-                                      lexical_weights, special_token_ids)
+from bge_pruning.models.heads import (
+    COLBERT_FILE,
+    SPARSE_FILE,
+    ColbertHead,
+    SparseHead,
+    dense_embedding,
+    lexical_weights,
+    special_token_ids,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +140,7 @@ class EmbeddingModel:
     def from_dir(cls, path: str | Path, device: str = "cpu", max_length: int = 512, *,
                  pooling: str | None = None, normalize: bool | None = None,
                  torch_dtype: torch.dtype | None = None, trust_remote_code: bool = False,
-                 opt_in: str = "pass --trust-remote-code", onnx_file: str | None = None) -> "EmbeddingModel":
+                 opt_in: str = "pass --trust-remote-code", onnx_file: str | None = None) -> EmbeddingModel:
         """Load ``path``. Its modeling code runs only when it is this project's export (``bge_pruning.trust``)
         or ``trust_remote_code`` is given; otherwise a directory asking for remote code is refused.
 

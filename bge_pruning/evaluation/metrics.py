@@ -16,7 +16,7 @@ Ranking rules (shared by every ranking metric and by :func:`rank_documents`):
 from __future__ import annotations
 
 import math
-from typing import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any, Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -34,8 +34,9 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,8 +51,14 @@ from .install import OLD_MARK, TempExportDir, recover_leftovers, swap_into_place
 from .model_card import hub_id
 from .model_card import render as render_card
 from .onnx_export import check_quantize, write_onnx
-from .verify import (ExportError, check_close, check_head_file, check_loading_info, count_module_params,
-                     max_abs_diff_on_tokens)
+from .verify import (
+    ExportError,
+    check_close,
+    check_head_file,
+    check_loading_info,
+    count_module_params,
+    max_abs_diff_on_tokens,
+)
 
 MODELING_FILE = "modeling_pruned.py"
 PRUNING_INFO_FILE = "pruning_info.json"

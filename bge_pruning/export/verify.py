@@ -1,8 +1,9 @@
 """Checks an export must pass before it is moved into place (each failure names the check and the numbers)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -2,20 +2,45 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from composer.models import ComposerModel
 from torchmetrics import Metric, SpearmanCorrCoef
 
-from .heads import (COLBERT_FILE, SPARSE_FILE, ColbertHead, SparseHead, colbert_scores, dense_embedding,
-                    lexical_matrix, special_token_ids)
+from .heads import (
+    COLBERT_FILE,
+    SPARSE_FILE,
+    ColbertHead,
+    SparseHead,
+    colbert_scores,
+    dense_embedding,
+    lexical_matrix,
+    special_token_ids,
+)
 from .l0_module import SUBLAYER_MODULES, ConfigError, GlobalTarget, L0Module, parse_target
-from .loading import (ModelLoadError, check_tokenizer_matches, find_head_file, load_hf_model, load_linear_state,
-                      st_max_seq_length)
-from .losses import (colbert_distillation_loss, cosent_loss, default_teacher_layers, embedding_distillation_loss,
-                     hidden_distillation_loss, info_nce_loss, layer_distillation_loss, off_diagonal,
-                     self_distillation_loss, similarity_distillation_loss, token_weight_distillation_loss)
+from .loading import (
+    ModelLoadError,
+    check_tokenizer_matches,
+    find_head_file,
+    load_hf_model,
+    load_linear_state,
+    st_max_seq_length,
+)
+from .losses import (
+    colbert_distillation_loss,
+    cosent_loss,
+    default_teacher_layers,
+    embedding_distillation_loss,
+    hidden_distillation_loss,
+    info_nce_loss,
+    layer_distillation_loss,
+    off_diagonal,
+    self_distillation_loss,
+    similarity_distillation_loss,
+    token_weight_distillation_loss,
+)
 from .masked_encoder import MaskedBGEM3Backbone
 
 

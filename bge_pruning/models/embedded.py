@@ -24,9 +24,9 @@ import shutil
 import tempfile
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from .loading import ModelLoadError
 

@@ -8,8 +8,9 @@ its layout differs) and its pruned class in ``export/modeling_pruned.py``.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 PRUNED_PREFIX = "pruned-"
 

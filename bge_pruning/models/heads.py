@@ -11,7 +11,7 @@ FlagEmbedding's ``BGEM3FlagModel`` reads.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F

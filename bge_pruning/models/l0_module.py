@@ -22,19 +22,26 @@ Both warm the target sparsity up linearly from ``start_sparsity`` over ``lagrang
 from __future__ import annotations
 
 import dataclasses
-
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-
-from ..shapes import (EncoderShape, count_params, layer_params, params_per_attention_fixed, params_per_ffn_fixed,
-                      params_per_head, params_per_intermediate_unit, params_per_layer_fixed)
+from ..shapes import (
+    EncoderShape,
+    count_params,
+    layer_params,
+    params_per_attention_fixed,
+    params_per_ffn_fixed,
+    params_per_head,
+    params_per_intermediate_unit,
+    params_per_layer_fixed,
+)
 
 LIMIT_A, LIMIT_B, EPS = -0.1, 1.1, 1e-6
 TEMPERATURE = 2.0 / 3.0

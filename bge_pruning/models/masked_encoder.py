@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -371,7 +372,7 @@ class MaskedBGEM3Backbone(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_hf_model(cls, hf_model: nn.Module) -> "MaskedBGEM3Backbone":
+    def from_hf_model(cls, hf_model: nn.Module) -> MaskedBGEM3Backbone:
         """Copy an HF ``BertModel``/``XLMRobertaModel``/``MPNetModel`` (or a pruned export) into a masked backbone.
 
         Raises if any key is missing or unexpected: a silent partial load is how models get
@@ -388,7 +389,7 @@ class MaskedBGEM3Backbone(nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> "MaskedBGEM3Backbone":
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> MaskedBGEM3Backbone:
         """Load a BERT-family checkpoint (hub id or local directory) through ``transformers.AutoModel``."""
         from transformers import AutoModel
 

@@ -1,8 +1,9 @@
 """The before/after table printed at the end of a run: parameters and STS quality, base vs exported model."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

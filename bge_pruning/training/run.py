@@ -14,17 +14,24 @@ from composer.utils import dist, get_device, reproducibility
 from torch.utils.data import DataLoader
 
 from ..config import fill_run_name, to_container
-from ..paths import too_little_space, unwritable
 from ..data import PairCollator, TripletCollator, build_train_dataloader, load_sts, load_triplets, num_samples_in_batch
 from ..models.composer_bge_m3 import ComposerBGEM3, build_model
 from ..models.l0_module import ConfigError
+from ..paths import too_little_space, unwritable
+from ..shapes import EncoderShape
 from .batching import split_batch
+from .callbacks import (
+    CompleteOptimizerState,
+    JsonlLogger,
+    NonFiniteLossGuard,
+    PruningCallback,
+    ReplicatedGradSync,
+    TrainingOutOfMemoryError,
+    latest_checkpoint,
+)
 from .checkpoint import CheckpointError, check_save_folder, lock_run_folder, save_run_files
-from .callbacks import (CompleteOptimizerState, JsonlLogger, NonFiniteLossGuard, PruningCallback,
-                        ReplicatedGradSync, TrainingOutOfMemoryError, latest_checkpoint)
 from .optim import build_optimizer, build_scheduler
 from .report import before_after, sts_of_export, sts_of_model
-from ..shapes import EncoderShape
 
 log = logging.getLogger(__name__)
 
