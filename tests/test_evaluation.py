@@ -375,17 +375,22 @@ def test_mteb_local_sts_task_matches_evaluate_sts(minilm, sts_file, tmp_path):
     assert list((tmp_path / "mteb").rglob("LocalSTS_sts-small.json"))
 
 
-def test_mteb_local_retrieval_task_matches_evaluate_retrieval(minilm, tmp_path):
-    from bge_pruning.evaluation.mteb_wrapper import local_retrieval_task, run_mteb
-
-    corpus, queries, qrels = paraphrase_retrieval_from_sts(PAIRS)
-    beir = tmp_path / "beir"
+def write_beir_dir(beir: Path, corpus: dict, queries: dict, qrels: dict) -> Path:
+    """A BEIR directory (corpus.jsonl, queries.jsonl, qrels/test.tsv) of in-memory dicts."""
     (beir / "qrels").mkdir(parents=True)
     (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n"
                                                for d, t in corpus.items()))
     (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
     (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
         f"{q}\t{d}\t{r}\n" for q, docs in qrels.items() for d, r in docs.items()))
+    return beir
+
+
+def test_mteb_local_retrieval_task_matches_evaluate_retrieval(minilm, tmp_path):
+    from bge_pruning.evaluation.mteb_wrapper import local_retrieval_task, run_mteb
+
+    corpus, queries, qrels = paraphrase_retrieval_from_sts(PAIRS)
+    beir = write_beir_dir(tmp_path / "beir", corpus, queries, qrels)
     ours = evaluate_retrieval(minilm, corpus, queries, qrels, show_progress=False)
     out = run_mteb(minilm, [local_retrieval_task(beir)], output_dir=None, show_progress=False)
     scores = out["LocalRetrieval_beir"]["scores"]["test"][0]

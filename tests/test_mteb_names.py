@@ -55,6 +55,7 @@ def test_mteb_evaluate_on_sentence_transformer_equals_the_project_wrapper(minilm
     task. The wrapper encodes through its own EmbeddingModel, mteb through sentence-transformers."""
     import mteb
     from sentence_transformers import SentenceTransformer
+    from test_evaluation import write_beir_dir
     from test_export import MINILM_HEADS, MINILM_INTER, MINILM_LAYER_Z, _masks
     from transformers import AutoTokenizer
 
@@ -73,15 +74,9 @@ def test_mteb_evaluate_on_sentence_transformer_equals_the_project_wrapper(minilm
 
     # Pairs scored 2.5 and up count as relevant (not only near-paraphrases), over train + test second sentences,
     # so the ranking is not trivially perfect.
-    corpus, queries, qrels = paraphrase_retrieval_from_sts(load_sts(str(sts)) + load_sts(str(sts.with_name("train.tsv"))),
-                                                           min_score=2.5)
-    beir = tmp_path / "beir"
-    (beir / "qrels").mkdir(parents=True)
-    (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n"
-                                               for d, t in corpus.items()))
-    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
-    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
-        f"{q}\t{d}\t{r}\n" for q, docs in qrels.items() for d, r in docs.items()))
+    pairs = load_sts(str(sts)) + load_sts(str(sts.with_name("train.tsv")))
+    corpus, queries, qrels = paraphrase_retrieval_from_sts(pairs, min_score=2.5)
+    beir = write_beir_dir(tmp_path / "beir", corpus, queries, qrels)
 
     ours = run_mteb(EmbeddingModel.from_dir(export), [str(sts), str(beir)], output_dir=None, show_progress=False)
     st = SentenceTransformer(str(export), device="cpu", trust_remote_code=True)
