@@ -630,7 +630,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None, required: 
             raise ConfigError(f"{path}: missing required config key(s): {', '.join(missing)}")
     _check_rules(cfg, RunConfig, "", where)
     if cfg.export.quantize is not None and not cfg.export.onnx:
-        raise ConfigError(f"{path}: export.quantize={cfg.export.quantize} quantizes the ONNX model: set export.onnx: true")
+        raise ConfigError(f"{path}: export.quantize={cfg.export.quantize} quantizes the ONNX model: "
+                          "set export.onnx: true")
     return cfg
 
 

@@ -148,7 +148,11 @@ def test_huge_line_is_capped_before_tokenizing(minilm_path):
     seen: list[int] = []
     real_call = type(tok).__call__
     try:  # what reaches the tokenizer: the capped text, not 5 MB
-        type(tok).__call__ = lambda self, texts, **kw: (seen.extend(len(t) for t in texts), real_call(self, texts, **kw))[1]
+        def recording_call(self, texts, **kw):
+            seen.extend(len(t) for t in texts)
+            return real_call(self, texts, **kw)
+
+        type(tok).__call__ = recording_call
         out = enc.encode([huge])
     finally:
         type(tok).__call__ = real_call

@@ -62,7 +62,8 @@ def test_lock_satisfies_pyproject():
     pins = lock_pins(LOCK.read_text())
     for req in direct_requirements():
         key = canonicalize_name(req.name)
-        assert key in pins, f"{req.name} is a direct requirement in pyproject.toml but not in {LOCK.name}: run `make lock`"
+        assert key in pins, (f"{req.name} is a direct requirement in pyproject.toml but not in {LOCK.name}: "
+                             "run `make lock`")
         assert req.specifier.contains(pins[key], prereleases=True), (
             f"{LOCK.name} pins {req.name}=={pins[key]}, outside pyproject.toml's {req}: run `make lock`"
         )

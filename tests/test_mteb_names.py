@@ -73,8 +73,8 @@ def test_mteb_evaluate_on_sentence_transformer_equals_the_project_wrapper(minilm
 
     # Pairs scored 2.5 and up count as relevant (not only near-paraphrases), over train + test second sentences,
     # so the ranking is not trivially perfect.
-    corpus, queries, qrels = paraphrase_retrieval_from_sts(load_sts(str(sts)) + load_sts(str(sts.with_name("train.tsv"))),
-                                                           min_score=2.5)
+    pairs = load_sts(str(sts)) + load_sts(str(sts.with_name("train.tsv")))
+    corpus, queries, qrels = paraphrase_retrieval_from_sts(pairs, min_score=2.5)
     beir = tmp_path / "beir"
     (beir / "qrels").mkdir(parents=True)
     (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n"

@@ -158,7 +158,8 @@ def test_print_config_shows_the_resolved_config_shapes_and_sizes(tmp_path):
     # A Composer checkpoint of this run: float32 weights of the base plus two Adam moments per trained weight
     # (the frozen pooler has none). Measured: 273,419,065 bytes for a MiniLM 50% prune checkpoint.
     expected = (12 * b.total - 8 * b.pooler) / 1e6
-    assert f"# training checkpoint (float32 weights + Adam moments): about {expected:,.1f} MB each, keeping all" in report
+    assert ("# training checkpoint (float32 weights + Adam moments): "
+            f"about {expected:,.1f} MB each, keeping all") in report
     assert "Loading" not in proc.stderr and "Traceback" not in proc.stderr
 
 
