@@ -608,6 +608,7 @@ def test_tiny_mpnet_export_reloads_as_masked_backbone(tiny_mpnet, tmp_path):
     assert _real_diff(hidden, ref, batch["attention_mask"]) < ATOL
 
 
+@pytest.mark.slow
 def test_custom_export_tokenizer_and_config_load_without_remote_code(minilm_exports, minilm_path):
     """AutoTokenizer (which loads the config first) and AutoConfig open a per-layer-width export with no trust
     prompt and no remote code; AutoModel without trust_remote_code refuses its weights loudly (size mismatch),

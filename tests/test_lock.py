@@ -96,6 +96,7 @@ def test_whole_lock_installed():
     assert not drift, "environment differs from the lock (run `make install`): " + "; ".join(drift)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_install_is_up_to_date_and_lock_edits_reinstall():
     """`make install` is a no-op now, and would reinstall after the lock or pyproject.toml changes."""

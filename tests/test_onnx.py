@@ -205,6 +205,7 @@ def test_config_onnx_keys(tmp_path, tiny_xlmr_path, capsys, monkeypatch):
                                              "false, got 'yes please'")
 
 
+@pytest.mark.slow
 def test_evaluate_model_onnx_retention(minilm_onnx, tmp_path):
     """``evaluate_model.py EXPORT --onnx FILE --baseline EXPORT``: the float32 graph scores what torch scores;
     the int8 graph is scored the same way (its retention against the torch export is the report's retention)."""

@@ -93,6 +93,7 @@ def losses_by_step(log: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss/train/total"]) for r in rows if "loss/train/total" in r]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path, tiny_xlmr_path):
     """SIGKILL after the step-40 checkpoint, rerun the same command: the result equals an uninterrupted run.
 
@@ -364,6 +365,7 @@ def test_existing_checkpoints_are_never_overwritten(tmp_path, tiny_xlmr_path, ca
 
 # ----------------------------------------------------------------------------------------------- training
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_xlmr_path, capsys):
     """lr 1e10 makes the step-1 update explode the weights: the step-2 loss is NaN."""
     config = write_config(tmp_path, tiny_xlmr_path, lr=1e10, warmup="0ba", save_interval="1ba",
@@ -467,6 +469,7 @@ def test_fsdp_shards_encoder_layers_but_not_the_l0_module(tmp_path, tiny_xlmr_pa
     assert model.l0_module._fsdp_wrap is False  # Composer's FSDP skips children marked so
 
 
+@pytest.mark.slow
 def test_gpu_prune_check_runs_tiny_on_cpu(tmp_path):
     """The GPU check script end to end on a tiny model (no GPU here), and its BGE-M3 shape."""
     import importlib.util
@@ -506,6 +509,7 @@ def test_gpu_prune_check_runs_tiny_on_cpu(tmp_path):
     assert count_params(shape).total == 567_754_752  # BAAI/bge-m3's parameter count
 
 
+@pytest.mark.slow
 def test_a_run_stopped_after_its_last_checkpoint_resumes_to_the_export(tmp_path, tiny_xlmr_path, capsys, caplog):
     """Killed during the export (its last checkpoint is the final step): the same command with autoresume does not
     train again (Composer's fit() would refuse, max_duration reached) and writes the export of those weights."""

@@ -396,6 +396,7 @@ def test_bad_global_configs_stop_before_training(tmp_path, tiny_xlmr_path, capsy
 
 
 # ----------------------------------------------------------------------------------------------- training
+@pytest.mark.slow
 def test_short_global_training_exports_the_achieved_size(tmp_path, tiny_xlmr_path, capsys):
     def edit(c):
         c["model"]["l0_module"].update(target_model={"share": 0.5}, pruning_modules=list(ALL),

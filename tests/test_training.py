@@ -50,6 +50,7 @@ def tiny_config(tmp_path, tiny_xlmr_path, **train):
     return path
 
 
+@pytest.mark.slow
 def test_prune_tiny_xlmr_end_to_end(tmp_path, tiny_xlmr_path):
     cfg = load_config(tiny_config(tmp_path, tiny_xlmr_path))
     trainer, model = build_trainer(cfg)
@@ -185,6 +186,7 @@ def test_bge_m3_head_files_are_loaded(tmp_path, tiny_xlmr_path):
         assert torch.equal(head.linear.weight, saved["weight"]) and torch.equal(head.linear.bias, saved["bias"])
 
 
+@pytest.mark.slow
 def test_vocab_trim_before_training(tmp_path, tiny_xlmr_path):
     """model.vocab trims student and teacher to the same ids before training; the export and a checkpoint
     rebuilt offline both have the trimmed vocabulary."""

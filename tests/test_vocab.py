@@ -208,6 +208,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["empty", "unknown_only", "max_vocab_low", "max_vocab_high", "out_exists",
                                   "no_tokenizer"])
 def test_prune_vocab_bad_input(case, tmp_path, minilm_path):
