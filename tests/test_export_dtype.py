@@ -17,8 +17,10 @@ from test_export import (
     _real_diff,
     _siblings,
     _tiny_zs,
-    fake_checkpoint_loader,  # noqa: F401 - minilm and tiny are fixtures
-    )
+    fake_checkpoint_loader,  # noqa: F401 - a fixture
+    minilm,  # noqa: F401 - a fixture
+    tiny,  # noqa: F401 - a fixture
+)
 from test_reliability import error_line, run_main, snapshot, write_config
 
 from bge_pruning.config import EXPORT_DTYPES as CONFIG_DTYPES
