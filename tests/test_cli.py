@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import tiny_config
+from conftest import tiny_config
 from transformers import AutoModel
 
 from bge_pruning.config import load_config

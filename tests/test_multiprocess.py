@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_training import tiny_config
+from conftest import tiny_config
 from torch.utils.data.distributed import DistributedSampler
 
 from bge_pruning.config import load_config

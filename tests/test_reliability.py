@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from test_training import tiny_config
+from conftest import tiny_config
 
 import train as train_script
 from bge_pruning.config import load_config
@@ -459,14 +459,36 @@ def test_fsdp_runs_refuse_what_they_could_not_finish(tmp_path, tiny_xlmr_path, c
 
 
 def test_fsdp_shards_encoder_layers_but_not_the_l0_module(tmp_path, tiny_xlmr_path):
+    """What Composer's FSDP makes of prepare_fsdp's marks: its own wrap policy and activation-checkpointing check
+    run over every module of the model. The FSDP units inside the backbone are exactly the encoder layers (as many
+    as the base config has), no L0 parameter is in any unit, and every other parameter is."""
+    from composer.distributed.activation_checkpointing import generate_default_check_fn
+    from composer.distributed.fsdp2_utils import generate_composer_model_policy
+    from transformers import AutoConfig
+
     from bge_pruning.models.composer_bge_m3 import build_model
     from bge_pruning.training.run import prepare_fsdp
 
     model = build_model(load_config(write_config(tmp_path, tiny_xlmr_path)), with_teacher=False)
     prepare_fsdp(model)
-    assert [layer._fsdp_wrap for layer in model.backbone.encoder.layer] == [True] * 4
-    assert all(layer._activation_checkpointing for layer in model.backbone.encoder.layer)
-    assert model.l0_module._fsdp_wrap is False  # Composer's FSDP skips children marked so
+    # FSDP1's policy is a closure inside prepare_fsdp_module; this is Composer's public one that "mimics FSDP1
+    # behavior" (each direct child is a root unit unless marked _fsdp_wrap=False; marked modules decide for
+    # themselves). Composer deprecates the _fsdp_wrap attribute in favour of fsdp_wrap_fn and says so.
+    with pytest.warns(DeprecationWarning, match="_fsdp_wrap attribute will be removed"):
+        policy = generate_composer_model_policy(model)
+    units = set(policy._run_policy(model, set(), {}))  # what torch's FSDP would wrap, module by module
+    layers = list(model.backbone.encoder.layer)
+    assert len(layers) == AutoConfig.from_pretrained(tiny_xlmr_path).num_hidden_layers == 4
+    inside_backbone = {m for m in units if m is not model.backbone and any(m is b for b in model.backbone.modules())}
+    assert inside_backbone == set(layers)
+    l0_modules = set(model.l0_module.modules())
+    assert not units & l0_modules
+    owned = {id(p) for unit in units for p in unit.parameters()}
+    l0_params = {id(p) for p in model.l0_module.parameters()}
+    assert l0_params and not owned & l0_params
+    assert {id(p) for p in model.parameters()} - l0_params <= owned
+    check = generate_default_check_fn(model)
+    assert {m for m in model.modules() if check(m)} == set(layers)
 
 
 @pytest.mark.slow
