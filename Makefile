@@ -10,7 +10,7 @@ LOCK   := requirements.lock
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lock clean
+.PHONY: install demo test test-fast lint lock clean
 
 # --no-deps: the lock is already the whole transitive set, and it keeps pip from adding what a package
 # declares but the lock leaves out on purpose (AAIT, see lock-overrides.txt).
@@ -30,6 +30,15 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# The quick tier for the inner loop: everything but the tests marked slow (subprocesses of train.py and the
+# scripts, several processes, real trainings to an export; see pytest.ini).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+# ruff with pyproject.toml's rules (E,F,W,I,UP, 120 columns); `ruff check --fix .` applies the safe fixes.
+lint: install
+	$(VENV)/bin/ruff check .
 
 # Resolve pyproject.toml's dependencies and every extra (the whole transitive set, for every platform
 # and Python the package supports) into requirements.lock with uv's resolver, kept in its own venv.

@@ -3,8 +3,8 @@
 The quality benchmark (``scripts/benchmark_quality.py``) compares L0 structured pruning with the baseline
 practitioners use first: drop whole layers, initialise the small model from the kept ones (DistilBERT keeps
 layers 0, 2, 4, 7, 9, 11 of BERT-base: one out of two, first and last included), then train it with the same
-budget. Which layers are kept matters a lot (see ``choose_layers`` and docs/quality_benchmark.md). The directory is written by
-``export_pruned_model`` with a binary ``layer_z``, so it is verified exactly like a pruned export (reload
+budget. Which layers are kept matters a lot (see ``choose_layers`` and docs/quality_benchmark.md). The directory
+is written by ``export_pruned_model`` with a binary ``layer_z``, so it is verified exactly like a pruned export (reload
 with ``AutoModel``, outputs equal to the masked backbone's) and its ``pruning_info.json`` names the base
 model, which makes ``stage: finetune`` distil from the unpruned base.
 

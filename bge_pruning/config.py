@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import UnionType
 from typing import Any, Union
 
 import yaml
@@ -39,6 +40,8 @@ PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
 STAGES = ("prune", "finetune")
 QUANTIZE_CHOICES = ("int8",)  # bge_pruning.export.onnx_export.QUANTIZE_CHOICES (that module imports torch)
 
+# Optional[int] and int | None: the annotations below are written the PEP 604 way, OmegaConf may hand back either.
+UNION_TYPES = (Union, UnionType)
 REQUIRED = MISSING  # "???": a value the user must give
 
 
@@ -373,13 +376,13 @@ def _describe(tp: Any) -> str:
     import typing
 
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Union:
+    if origin in UNION_TYPES:
         inner = [a for a in args if a is not type(None)]
         text = " or ".join(_describe(a) for a in inner)
         return f"{text} or null" if type(None) in args else text
-    if origin in (list, list):
+    if origin is list:
         return f"a list of {_describe(args[0]).split(' ', 1)[1]}s" if args else "a list"
-    if origin in (dict, dict) or tp in (dict, dict):
+    if origin is dict or tp is dict:
         return "a mapping"
     if _is_section(tp):
         return "a mapping of keys (a section)"
@@ -392,7 +395,7 @@ def _expected(tp: Any, fld: dataclasses.Field | None) -> str:
         return _describe(tp)
     import typing
 
-    optional = typing.get_origin(tp) is Union and type(None) in typing.get_args(tp)
+    optional = typing.get_origin(tp) in UNION_TYPES and type(None) in typing.get_args(tp)
     return rule.text + (" or null" if optional and "null" not in rule.text else "")
 
 
@@ -630,7 +633,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None, required: 
             raise ConfigError(f"{path}: missing required config key(s): {', '.join(missing)}")
     _check_rules(cfg, RunConfig, "", where)
     if cfg.export.quantize is not None and not cfg.export.onnx:
-        raise ConfigError(f"{path}: export.quantize={cfg.export.quantize} quantizes the ONNX model: set export.onnx: true")
+        raise ConfigError(f"{path}: export.quantize={cfg.export.quantize} quantizes the ONNX model: "
+                          "set export.onnx: true")
     return cfg
 
 

@@ -23,10 +23,12 @@ def base_shape(cfg: DictConfig) -> EncoderShape:
 
     path = resolve_model_path(str(cfg.model.name_or_path))
     try:
-        hf = AutoConfig.from_pretrained(path, trust_remote_code=bool(cfg.model.trust_remote_code) or is_own_export(path))
+        trust = bool(cfg.model.trust_remote_code) or is_own_export(path)
+        hf = AutoConfig.from_pretrained(path, trust_remote_code=trust)
     except (OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ModelLoadError(f"model.name_or_path: cannot read the config of {cfg.model.name_or_path} ({first})") from None
+        raise ModelLoadError(f"model.name_or_path: cannot read the config of {cfg.model.name_or_path} "
+                             f"({first})") from None
     return EncoderShape.from_hf_config(hf)
 
 
@@ -87,8 +89,8 @@ def describe(cfg: DictConfig) -> str:
         lines.append(f"{name:22}{x:>{width},}  {y:>{width},}  {100 * y / x:10.1f}%")
     dtype = str(cfg.export.dtype)
     lines.append(f"export ({dtype}): model.safetensors about {DTYPE_BYTES[dtype] * target_total / MB:,.1f} MB")
-    lines.append(f"training checkpoint (float32 weights + Adam moments): about {checkpoint_bytes(cfg, base) / MB:,.1f} MB "
-                 f"each, keeping {_kept(cfg)}")
+    lines.append("training checkpoint (float32 weights + Adam moments): "
+                 f"about {checkpoint_bytes(cfg, base) / MB:,.1f} MB each, keeping {_kept(cfg)}")
     return "\n".join(lines)
 
 

@@ -586,7 +586,8 @@ def pareto_from_evaluate_reports(reports: Sequence[Mapping[str, Any]] | Sequence
         if not is_evaluate_report(rep):
             raise PlotError(f"{source}: not an evaluate_model.py report (no model_dir / results)")
         params = rep.get("params") or {}
-        for role, dir_key, res_key in (("baseline", "baseline_dir", "baseline_results"), ("model", "model_dir", "results")):
+        for role, dir_key, res_key in (("baseline", "baseline_dir", "baseline_results"),
+                                       ("model", "model_dir", "results")):
             results = rep.get(res_key)
             if not rep.get(dir_key) or not isinstance(results, Mapping):
                 continue
@@ -657,7 +658,8 @@ def plot_efficiency(results: Mapping[str, Any] | str | Path, out: str | Path) ->
     source = "efficiency results" if isinstance(results, Mapping) else str(results)
     rows = res.get("results") if isinstance(res, Mapping) else None
     if not isinstance(rows, list) or not rows:
-        raise PlotError(f"{source}: no 'results' entries (expected the --output JSON of scripts/benchmark_efficiency.py)")
+        raise PlotError(f"{source}: no 'results' entries "
+                        "(expected the --output JSON of scripts/benchmark_efficiency.py)")
     for i, r in enumerate(rows):
         try:
             ok = (isinstance(r["device"], str) and int(r["seq_len"]) > 0 and int(r["batch_size"]) > 0

@@ -18,6 +18,7 @@ def format_rows(header: Sequence[str], rows: Iterable[Sequence[str]], left: Iter
     left = set(left)
 
     def line(cells: Sequence[str]) -> str:
-        return " | ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        padded = (c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return " | ".join(padded).rstrip()
 
     return "\n".join([line(header), "-+-".join("-" * w for w in widths)] + [line(r) for r in rows])

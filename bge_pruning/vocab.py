@@ -317,7 +317,8 @@ def _sample(texts: Sequence[str], n: int) -> list[str]:
 
 @torch.no_grad()
 def verify_trim(old_backbone: nn.Module, old_tokenizer: Any, new_backbone: nn.Module, new_tokenizer: Any,
-                kept_ids: Sequence[int], texts: Sequence[str], max_length: int = 128, atol: float = VERIFY_ATOL) -> dict[str, Any]:
+                kept_ids: Sequence[int], texts: Sequence[str], max_length: int = 128,
+                atol: float = VERIFY_ATOL) -> dict[str, Any]:
     """The same tokens (new ids map back to the base ids; strings equal) and hidden states within ``atol`` on
     ``texts``; raises VocabError otherwise."""
     old_b, new_b = plain_backend(old_tokenizer), plain_backend(new_tokenizer)
@@ -332,8 +333,10 @@ def verify_trim(old_backbone: nn.Module, old_tokenizer: Any, new_backbone: nn.Mo
         chunk = list(texts[start:start + 16])
         enc_old = old_tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         enc_new = new_tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        h_old = old_backbone(enc_old["input_ids"], enc_old["attention_mask"], token_type_ids=enc_old.get("token_type_ids"))
-        h_new = new_backbone(enc_new["input_ids"], enc_new["attention_mask"], token_type_ids=enc_new.get("token_type_ids"))
+        h_old = old_backbone(enc_old["input_ids"], enc_old["attention_mask"],
+                             token_type_ids=enc_old.get("token_type_ids"))
+        h_new = new_backbone(enc_new["input_ids"], enc_new["attention_mask"],
+                             token_type_ids=enc_new.get("token_type_ids"))
         mask = enc_old["attention_mask"].bool()
         worst = max(worst, float((h_old - h_new).abs()[mask].max()))
     if worst > atol:
@@ -358,7 +361,8 @@ def trim_verified(backbone: nn.Module, tokenizer: Any, plan: VocabPlan, texts: S
     del untrimmed
     record: dict[str, Any] = plan.to_dict()
     record.update(corpus=list(corpus), params_before=params_before, params_after=count_params(backbone.shape).total,
-                  verification=verification, coverage={"corpus": coverage(tokenizer, new_tokenizer, texts, plan.kept_ids)},
+                  verification=verification,
+                  coverage={"corpus": coverage(tokenizer, new_tokenizer, texts, plan.kept_ids)},
                   kept_base_ids=plan.kept_ids)
     return new_tokenizer, record
 
@@ -451,7 +455,8 @@ def prune_vocabulary(model: str, out_dir: str | Path, corpus: Sequence[str], *, 
         f"{len(texts):,} corpus texts, {plan.n_always} special/added, {plan.n_from_keep_tokens} from --keep-tokens)")
     new_tokenizer, record = trim_verified(base, tokenizer, plan, texts, corpus, verify_texts)  # base: now trimmed
     if eval_texts:
-        record["coverage"]["eval"] = {"sources": list(eval_corpus), **coverage(tokenizer, new_tokenizer, eval_texts, plan.kept_ids)}
+        record["coverage"]["eval"] = {"sources": list(eval_corpus),
+                                      **coverage(tokenizer, new_tokenizer, eval_texts, plan.kept_ids)}
     info: dict[str, Any] = {"base_model": prior.get("base_model") or model, "vocabulary": record}
     if prior:
         info["pruned_by"] = {k: prior[k] for k in ("base_shape", "target_shape", "kept_layers", "kept_heads",
@@ -468,7 +473,8 @@ def prune_vocabulary(model: str, out_dir: str | Path, corpus: Sequence[str], *, 
     return out, record
 
 
-def trim_for_run(backbone: nn.Module, tokenizer: Any, vcfg: Any, key: str = "model.vocab") -> tuple[Any, dict[str, Any]]:
+def trim_for_run(backbone: nn.Module, tokenizer: Any, vcfg: Any,
+                 key: str = "model.vocab") -> tuple[Any, dict[str, Any]]:
     """``model.vocab`` of a run config: trim ``backbone`` in place before training, verified like the CLI.
 
     Returns the trimmed tokenizer and the record that the run's export stores in ``pruning_info.json``.

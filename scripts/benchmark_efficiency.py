@@ -6,10 +6,11 @@
         [--output results.json] [--plot results.png]
 
 BASE_DIR may also be ``embedded:all-MiniLM-L6-v2``. Both directories are loaded with
-``AutoModel.from_pretrained(dir)`` (remote code only for this project's exports or with --trust-remote-code); base and pruned are timed interleaved on random
-batches of exactly batch x seq_len tokens. Prints a table with the measured speedup next to the FLOPs ratio
-(base / pruned FLOPs: the compute-bound limit), and writes every number to --output and a throughput plot to --plot. ``--device auto`` (default) runs
-on CPU, and on CUDA too when it is available. See ``bge_pruning/benchmarks/efficiency.py``.
+``AutoModel.from_pretrained(dir)`` (remote code only for this project's exports or with --trust-remote-code);
+base and pruned are timed interleaved on random batches of exactly batch x seq_len tokens. Prints a table with
+the measured speedup next to the FLOPs ratio (base / pruned FLOPs: the compute-bound limit), and writes every
+number to --output and a throughput plot to --plot. ``--device auto`` (default) runs on CPU, and on CUDA too
+when it is available. See ``bge_pruning/benchmarks/efficiency.py``.
 """
 from __future__ import annotations
 

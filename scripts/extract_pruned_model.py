@@ -11,8 +11,8 @@ counts. ``--dtype float16|bfloat16`` saves the weights (and BGE-M3 head files) a
 half-precision model is checked against the float32 masked model within that dtype's tolerance (recorded in
 ``pruning_info.json``). ``--onnx`` adds ``onnx/model.onnx`` (the layout sentence-transformers' ``backend="onnx"``
 reads), checked with onnxruntime against torch within 1e-4; ``--quantize int8`` adds its int8 dynamic quantization
-``onnx/model_qint8_avx512_vnni.onnx``. The export is checked against the masked model before it is moved into OUT_DIR; an existing
-non-empty OUT_DIR is only replaced with --overwrite.
+``onnx/model_qint8_avx512_vnni.onnx``. The export is checked against the masked model before it is moved into
+OUT_DIR; an existing non-empty OUT_DIR is only replaced with --overwrite.
 
 Checkpoints are pickles. This tool loads them with ``torch.load(weights_only=True)`` and an allow-list of
 the few non-tensor types a Composer checkpoint holds, so a crafted file is refused before it can run

@@ -34,7 +34,8 @@ def _positive(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 2)[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR", help="directory to write the trimmed model to (must not exist)")
     p.add_argument("--corpus", nargs="+", required=True, metavar="PATH", help="texts whose tokens are kept")

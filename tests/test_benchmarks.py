@@ -216,7 +216,8 @@ def test_benchmark_onnx_rows_on_real_texts(tiny_onnx_pair, tmp_path, capsys):
         for role in ("base", "pruned", *ONNX_ROLES):
             assert len(r[role]["latencies_s"]) == 2 and r[role]["latency_s"]["p50"] > 0
         for role in ONNX_ROLES:
-            assert r[role]["speedup_vs_base"] == pytest.approx(r["base"]["latency_s"]["p50"] / r[role]["latency_s"]["p50"])
+            expected = r["base"]["latency_s"]["p50"] / r[role]["latency_s"]["p50"]
+            assert r[role]["speedup_vs_base"] == pytest.approx(expected)
         # The real tokens per sequence, recomputed from the same draw: truncation at seq_len bounds them.
         batches, mean = text_batches(lines, {"base": tok}, r["batch_size"], r["seq_len"], 1000 * r["seq_len"]
                                      + r["batch_size"], "cpu")

@@ -4,13 +4,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from test_training import tiny_config
+from conftest import tiny_config
 from transformers import AutoModel
 
 from bge_pruning.config import load_config
 from bge_pruning.training.checkpoint import load_composer_model
 from bge_pruning.training.run import build_trainer
+
+# slow tier (`make test`, not `make test-fast`): every test runs train.py or a script in a subprocess
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 

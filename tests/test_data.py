@@ -159,7 +159,8 @@ def test_header_and_jsonl_malformed_rows_name_file_and_line(tmp_path):
         load_sts(str(csv_file))
     assert str(err.value) == f"{csv_file}:4: score 'high' is not a number"
 
-    jl = write(tmp_path / "a.jsonl", '{"sentence1": "a", "sentence2": "b", "score": 1}\n{"sentence1": "a", "score": 1}\n')
+    jl = write(tmp_path / "a.jsonl",
+               '{"sentence1": "a", "sentence2": "b", "score": 1}\n{"sentence1": "a", "score": 1}\n')
     with pytest.raises(DataError) as err:
         load_sts(str(jl))
     assert str(err.value).startswith(f"{jl}:2: missing key(s) ['sentence2']")
@@ -381,7 +382,7 @@ def sts_file(tmp_path: Path, n: int) -> Path:
 
 
 def test_build_train_dataloader_from_local_sources(tmp_path, tokenizer, monkeypatch):
-    sts = sts_file(tmp_path, 20)
+    sts_file(tmp_path, 20)  # sts.tsv, named relatively in the config below
     write_jsonl(tmp_path / "tri.jsonl", [{"query": f"query {i}", "pos": f"pos {i}", "neg": [f"neg {i}"]}
                                          for i in range(8)])
     monkeypatch.chdir(tmp_path)  # relative paths resolve against the current directory
@@ -414,13 +415,20 @@ def test_build_train_dataloader_from_local_sources(tmp_path, tokenizer, monkeypa
      "data.train[1].proprtion: unknown key; valid keys: name, type, source, split, proportion, max_examples, "
      "n_negatives, field, ids (did you mean 'proportion'?)"),
     ({"name": "x", "source": "S"}, "data.train[1].type: missing; one of sts, retrieval, text"),
-    ({"name": "x", "type": "nli", "source": "S"}, "data.train[1].type: unknown type 'nli'; one of sts, retrieval, text"),
-    ({"name": "x", "type": "sts"}, "data.train[1].source: missing; a local file/directory or a Hugging Face dataset id"),
-    ({"name": "x", "type": "sts", "source": "S", "proportion": 0}, "data.train[1].proportion: must be a positive number, got 0"),
-    ({"name": "x", "type": "sts", "source": "S", "proportion": -0.5}, "data.train[1].proportion: must be a positive number, got -0.5"),
-    ({"name": "x", "type": "sts", "source": "S", "n_negatives": 1}, "data.train[1].n_negatives: only valid for type retrieval (this source is type sts)"),
-    ({"name": "first", "type": "sts", "source": "S"}, "data.train[1].name: duplicate name 'first' (also data.train[0]); names must be unique"),
-    ({"name": "x", "type": "sts", "source": "S", "max_examples": 0}, "data.train[1].max_examples: must be a positive integer or null, got 0"),
+    ({"name": "x", "type": "nli", "source": "S"},
+     "data.train[1].type: unknown type 'nli'; one of sts, retrieval, text"),
+    ({"name": "x", "type": "sts"},
+     "data.train[1].source: missing; a local file/directory or a Hugging Face dataset id"),
+    ({"name": "x", "type": "sts", "source": "S", "proportion": 0},
+     "data.train[1].proportion: must be a positive number, got 0"),
+    ({"name": "x", "type": "sts", "source": "S", "proportion": -0.5},
+     "data.train[1].proportion: must be a positive number, got -0.5"),
+    ({"name": "x", "type": "sts", "source": "S", "n_negatives": 1},
+     "data.train[1].n_negatives: only valid for type retrieval (this source is type sts)"),
+    ({"name": "first", "type": "sts", "source": "S"},
+     "data.train[1].name: duplicate name 'first' (also data.train[0]); names must be unique"),
+    ({"name": "x", "type": "sts", "source": "S", "max_examples": 0},
+     "data.train[1].max_examples: must be a positive integer or null, got 0"),
 ])
 def test_config_errors_name_the_key(tmp_path, entry, message):
     sts = str(sts_file(tmp_path, 4))
@@ -439,7 +447,8 @@ def test_config_missing_local_path_and_hub_ids(tmp_path, monkeypatch):
     max_length, specs = parse_data_config({"train": dataset_shortcut("msmarco") + dataset_shortcut("mteb/scifact")})
     assert max_length == 128
     assert [(s.name, s.type, s.source, s.split, s.n_negatives, s.proportion) for s in specs] == [
-        ("msmarco", "retrieval", "ms_marco", "train", 1, 1.0), ("scifact", "retrieval", "mteb/scifact", "train", 0, 1.0)]
+        ("msmarco", "retrieval", "ms_marco", "train", 1, 1.0),
+        ("scifact", "retrieval", "mteb/scifact", "train", 0, 1.0)]
     with pytest.raises(DataError, match=r"^data.train: expected a non-empty list"):
         parse_data_config({"max_length": 16, "train": []})
 

@@ -443,6 +443,7 @@ def _load_cli():
     return mod
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_with_baseline(minilm, minilm_path, sts_file, tmp_path):
     from bge_pruning.data import load_sts
 

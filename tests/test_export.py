@@ -426,7 +426,8 @@ def test_missing_weight_fails_reload_check(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(hf_export, "_export_state_dict", drop_one)
     target = tmp_path / "out"
     target.mkdir()  # an existing empty target stays as it was
-    with pytest.raises(ExportError, match=r"reload check failed.*missing_keys=\['encoder\.layer\.0\.output\.dense\.weight'\]"):
+    missing = r"missing_keys=\['encoder\.layer\.0\.output\.dense\.weight'\]"
+    with pytest.raises(ExportError, match=r"reload check failed.*" + missing):
         export_pruned_model(backbone, target, tokenizer, _tiny_zs())
     assert _siblings(tmp_path) == ["out"] and _siblings(target) == []
 
@@ -607,6 +608,7 @@ def test_tiny_mpnet_export_reloads_as_masked_backbone(tiny_mpnet, tmp_path):
     assert _real_diff(hidden, ref, batch["attention_mask"]) < ATOL
 
 
+@pytest.mark.slow
 def test_custom_export_tokenizer_and_config_load_without_remote_code(minilm_exports, minilm_path):
     """AutoTokenizer (which loads the config first) and AutoConfig open a per-layer-width export with no trust
     prompt and no remote code; AutoModel without trust_remote_code refuses its weights loudly (size mismatch),
@@ -617,7 +619,8 @@ def test_custom_export_tokenizer_and_config_load_without_remote_code(minilm_expo
         "from transformers import AutoConfig, AutoModel, AutoTokenizer\n"
         f"tok = AutoTokenizer.from_pretrained({str(path)!r})\n"
         f"base = AutoTokenizer.from_pretrained({str(minilm_path)!r})\n"
-        "print('TOKENIZER', type(tok).__name__, type(base).__name__, tok('a dog')['input_ids'] == base('a dog')['input_ids'])\n"
+        "print('TOKENIZER', type(tok).__name__, type(base).__name__,\n"
+        "      tok('a dog')['input_ids'] == base('a dog')['input_ids'])\n"
         f"print('CONFIG', type(AutoConfig.from_pretrained({str(path)!r})).__name__)\n"
         f"print('TRUSTED', type(AutoModel.from_pretrained({str(path)!r}, trust_remote_code=True)).__name__)\n"
         "try:\n"

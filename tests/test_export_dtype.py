@@ -255,6 +255,7 @@ def test_config_dtype_default_and_bad_values(tmp_path, tiny_xlmr_path, capsys, m
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_train_exports_in_config_dtype(tmp_path, tiny_xlmr_path):
     """export.dtype reaches the run's export: a short real prune of the tiny XLM-R ends with a float16 export."""

@@ -327,7 +327,8 @@ def test_text_source_txt_jsonl_fields_sts_and_beir(tmp_path):
     assert load_text_source(str(beir), "queries", ids="even") == ["who barks"]
     assert load_text_source(str(beir), "queries", ids="odd") == ["what purrs", "who sings"]
     # Queries with the same text (whitespace and case aside) follow the smallest id: 5 goes with 4, 8 with 7.
-    dup = write_jsonl(tmp_path / "dup.jsonl", [{"_id": "4", "text": "Same  claim."}, {"_id": "5", "text": "same claim."},
+    dup = write_jsonl(tmp_path / "dup.jsonl", [{"_id": "4", "text": "Same  claim."},
+                                               {"_id": "5", "text": "same claim."},
                                                {"_id": "6", "text": "other"}, {"_id": "8", "text": "x"},
                                                {"_id": "7", "text": "x"}])
     assert load_text_source(str(dup), ids="even") == ["Same  claim.", "same claim.", "other"]
@@ -499,7 +500,7 @@ def test_layers_alive_follows_layer_and_sublayer_gates():
     assert layers_alive({"mlp_z": t([0.0, 1.0])}, 2).tolist() == [True, True]  # attention still there
 
 
-# ---------------------------------------------------------------------------------------------- BGE-M3 head distillation
+# ------------------------------------------------------------------------------------------ BGE-M3 head distillation
 def test_head_distillation_losses_by_hand():
     from bge_pruning.models.losses import colbert_distillation_loss, token_weight_distillation_loss
 

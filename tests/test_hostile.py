@@ -104,6 +104,7 @@ def test_corrupt_pruning_info_on_finetune(tmp_path, tiny_xlmr_path, capsys):
     assert code == 2 and "must hold a JSON object, got list" in error_line(err)
 
 
+@pytest.mark.slow
 def test_autoresume_falls_back_from_a_truncated_checkpoint(tmp_path, tiny_xlmr_path, capsys, caplog):
     cfg = write_config(tmp_path, tiny_xlmr_path, max_duration="8ba", save_interval="4ba", autoresume=True,
                        eval_interval="100ba")
@@ -124,6 +125,7 @@ def test_autoresume_falls_back_from_a_truncated_checkpoint(tmp_path, tiny_xlmr_p
     assert (ckpt / "config.yaml").read_text() == original_config and (ckpt / "config.restart-1.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_evaluate_output_checked_before_evaluating(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -148,7 +150,11 @@ def test_huge_line_is_capped_before_tokenizing(minilm_path):
     seen: list[int] = []
     real_call = type(tok).__call__
     try:  # what reaches the tokenizer: the capped text, not 5 MB
-        type(tok).__call__ = lambda self, texts, **kw: (seen.extend(len(t) for t in texts), real_call(self, texts, **kw))[1]
+        def recording_call(self, texts, **kw):
+            seen.extend(len(t) for t in texts)
+            return real_call(self, texts, **kw)
+
+        type(tok).__call__ = recording_call
         out = enc.encode([huge])
     finally:
         type(tok).__call__ = real_call
@@ -164,6 +170,7 @@ def test_non_finite_advice_without_a_checkpoint(tmp_path):
     assert "from that checkpoint" not in advice
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing(tmp_path, tiny_xlmr_path, capsys, monkeypatch):
     """torch's zip writer on a full disk: a partial ep0-ba8 file and 'unexpected pos'. One line, the partial
     file moved aside, and the intact ep0-ba4 left as the checkpoint to resume from."""
@@ -203,6 +210,7 @@ def read_only_dir(tmp_path):
     subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_read_only_targets_are_named_as_such(read_only_dir, tmp_path, tiny_xlmr_path, capsys):
     ckpt = tmp_path / "some.pt"
     ckpt.write_bytes(b"")  # the target is checked before the checkpoint is read

@@ -57,6 +57,7 @@ def test_exchange_swaps_two_directories(tmp_path):
     assert (b / "x").read_text() == "new" and (a / "y").read_text() == "old"
 
 
+@pytest.mark.slow
 def test_kill_after_exchange_leaves_the_new_export_and_recovery_cleans_up(tmp_path, tiny_xlmr_path):
     out = tmp_path / "model"
     assert _export(tiny_xlmr_path, out, "first") == 0
@@ -69,6 +70,7 @@ def test_kill_after_exchange_leaves_the_new_export_and_recovery_cleans_up(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+@pytest.mark.slow
 def test_kill_between_renames_is_restored(tmp_path, tiny_xlmr_path):
     out = tmp_path / "model"
     assert _export(tiny_xlmr_path, out, "first") == 0

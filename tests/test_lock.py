@@ -62,7 +62,8 @@ def test_lock_satisfies_pyproject():
     pins = lock_pins(LOCK.read_text())
     for req in direct_requirements():
         key = canonicalize_name(req.name)
-        assert key in pins, f"{req.name} is a direct requirement in pyproject.toml but not in {LOCK.name}: run `make lock`"
+        assert key in pins, (f"{req.name} is a direct requirement in pyproject.toml but not in {LOCK.name}: "
+                             "run `make lock`")
         assert req.specifier.contains(pins[key], prereleases=True), (
             f"{LOCK.name} pins {req.name}=={pins[key]}, outside pyproject.toml's {req}: run `make lock`"
         )
@@ -95,6 +96,7 @@ def test_whole_lock_installed():
     assert not drift, "environment differs from the lock (run `make install`): " + "; ".join(drift)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_install_is_up_to_date_and_lock_edits_reinstall():
     """`make install` is a no-op now, and would reinstall after the lock or pyproject.toml changes."""

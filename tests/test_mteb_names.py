@@ -21,6 +21,7 @@ def test_split_of_a_local_file(tmp_path):
         assert split_of_file(tmp_path / name) == split, name
 
 
+@pytest.mark.slow
 def test_pruned_model_and_base_get_their_own_mteb_folders(tmp_path, minilm_path):
     from bge_pruning.vocab import prune_vocabulary
 

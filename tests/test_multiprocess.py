@@ -5,9 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
-from test_training import tiny_config
+from conftest import tiny_config
 from torch.utils.data.distributed import DistributedSampler
 
 from bge_pruning.config import load_config
@@ -41,6 +42,7 @@ def test_mixture_plan_gives_every_rank_the_same_source_in_each_step():
     assert [s for s, _, _ in single.plan[:8]] == [0, 0, 1, 0, 0, 0, 1, 0]
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_rank0_exports(tmp_path, tiny_xlmr_path):
     config = tiny_config(tmp_path, tiny_xlmr_path, batch_size=BATCH, max_duration=f"{STEPS}ba",
                          save_interval=f"{STEPS}ba", eval_interval=f"{STEPS}ba", device="cpu")
@@ -101,6 +103,7 @@ with open(sys.argv[1].format(rank=rank), "w") as f:
 """
 
 
+@pytest.mark.slow
 def test_replicated_module_gradients_are_averaged_over_ranks(tmp_path):
     """Under FSDP the L0 module is not sharded; its gradients are averaged by ReplicatedGradSync (gloo here)."""
     script = tmp_path / "grad_sync.py"

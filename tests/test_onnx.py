@@ -92,7 +92,8 @@ def test_minilm_int8_is_smaller_and_close(minilm_onnx, minilm):
     _, tokenizer, _ = minilm
     full, q8 = minilm_onnx / ONNX_FILE, minilm_onnx / INT8
     ratio = full.stat().st_size / q8.stat().st_size
-    assert ratio > 3.5  # int8 weights: a quarter of float32's bytes, plus the graph and the unquantized embeddings' scales
+    # int8 weights: a quarter of float32's bytes, plus the graph and the unquantized embeddings' scales
+    assert ratio > 3.5
     enc = tokenizer(TEXTS + OTHER_TEXTS, padding=True, return_tensors="pt")
     ref = _mean_pooled(_torch_hidden(minilm_onnx, enc, trust=True), enc["attention_mask"])
     got = _mean_pooled(_session_hidden(q8, enc), enc["attention_mask"])
@@ -204,6 +205,7 @@ def test_config_onnx_keys(tmp_path, tiny_xlmr_path, capsys, monkeypatch):
                                              "false, got 'yes please'")
 
 
+@pytest.mark.slow
 def test_evaluate_model_onnx_retention(minilm_onnx, tmp_path):
     """``evaluate_model.py EXPORT --onnx FILE --baseline EXPORT``: the float32 graph scores what torch scores;
     the int8 graph is scored the same way (its retention against the torch export is the report's retention)."""
@@ -226,8 +228,8 @@ def test_evaluate_model_onnx_retention(minilm_onnx, tmp_path):
         results[name] = json.loads(out.read_text())
         assert results[name]["settings"]["onnx_file"] == name and results[name]["settings"]["device"] == "cpu"
     full = results[ONNX_FILE]
-    assert full["results"]["sts:sts.tsv"]["spearman"] == pytest.approx(full["baseline_results"]["sts:sts.tsv"]["spearman"],
-                                                                        abs=1e-9)
+    baseline = full["baseline_results"]["sts:sts.tsv"]["spearman"]
+    assert full["results"]["sts:sts.tsv"]["spearman"] == pytest.approx(baseline, abs=1e-9)
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_model.py"), str(minilm_onnx),
                            "--onnx", "onnx/missing.onnx", "--tasks", f"sts:{sts}"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)

@@ -182,6 +182,7 @@ def test_shape_label():
     assert bq.shape_label(shape) == "3L/0,1,2H/4,8I"
 
 
+@pytest.mark.slow
 def test_candidate_shapes_is_what_target_shapes_prints():
     from bge_pruning.shapes import EncoderShape, candidate_shapes
 

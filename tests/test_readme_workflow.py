@@ -12,9 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from safetensors.torch import load_file
 from test_reliability import subprocess_env, write_config
+
+# slow tier (`make test`, not `make test-fast`): the README workflow through train.py and scripts, in subprocesses
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 

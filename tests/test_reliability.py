@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from test_training import tiny_config
+from conftest import tiny_config
 
 import train as train_script
 from bge_pruning.config import load_config
@@ -93,6 +93,7 @@ def losses_by_step(log: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss/train/total"]) for r in rows if "loss/train/total" in r]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path, tiny_xlmr_path):
     """SIGKILL after the step-40 checkpoint, rerun the same command: the result equals an uninterrupted run.
 
@@ -364,6 +365,7 @@ def test_existing_checkpoints_are_never_overwritten(tmp_path, tiny_xlmr_path, ca
 
 # ----------------------------------------------------------------------------------------------- training
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_xlmr_path, capsys):
     """lr 1e10 makes the step-1 update explode the weights: the step-2 loss is NaN."""
     config = write_config(tmp_path, tiny_xlmr_path, lr=1e10, warmup="0ba", save_interval="1ba",
@@ -457,16 +459,39 @@ def test_fsdp_runs_refuse_what_they_could_not_finish(tmp_path, tiny_xlmr_path, c
 
 
 def test_fsdp_shards_encoder_layers_but_not_the_l0_module(tmp_path, tiny_xlmr_path):
+    """What Composer's FSDP makes of prepare_fsdp's marks: its own wrap policy and activation-checkpointing check
+    run over every module of the model. The FSDP units inside the backbone are exactly the encoder layers (as many
+    as the base config has), no L0 parameter is in any unit, and every other parameter is."""
+    from composer.distributed.activation_checkpointing import generate_default_check_fn
+    from composer.distributed.fsdp2_utils import generate_composer_model_policy
+    from transformers import AutoConfig
+
     from bge_pruning.models.composer_bge_m3 import build_model
     from bge_pruning.training.run import prepare_fsdp
 
     model = build_model(load_config(write_config(tmp_path, tiny_xlmr_path)), with_teacher=False)
     prepare_fsdp(model)
-    assert [layer._fsdp_wrap for layer in model.backbone.encoder.layer] == [True] * 4
-    assert all(layer._activation_checkpointing for layer in model.backbone.encoder.layer)
-    assert model.l0_module._fsdp_wrap is False  # Composer's FSDP skips children marked so
+    # FSDP1's policy is a closure inside prepare_fsdp_module; this is Composer's public one that "mimics FSDP1
+    # behavior" (each direct child is a root unit unless marked _fsdp_wrap=False; marked modules decide for
+    # themselves). Composer deprecates the _fsdp_wrap attribute in favour of fsdp_wrap_fn and says so.
+    with pytest.warns(DeprecationWarning, match="_fsdp_wrap attribute will be removed"):
+        policy = generate_composer_model_policy(model)
+    units = set(policy._run_policy(model, set(), {}))  # what torch's FSDP would wrap, module by module
+    layers = list(model.backbone.encoder.layer)
+    assert len(layers) == AutoConfig.from_pretrained(tiny_xlmr_path).num_hidden_layers == 4
+    inside_backbone = {m for m in units if m is not model.backbone and any(m is b for b in model.backbone.modules())}
+    assert inside_backbone == set(layers)
+    l0_modules = set(model.l0_module.modules())
+    assert not units & l0_modules
+    owned = {id(p) for unit in units for p in unit.parameters()}
+    l0_params = {id(p) for p in model.l0_module.parameters()}
+    assert l0_params and not owned & l0_params
+    assert {id(p) for p in model.parameters()} - l0_params <= owned
+    check = generate_default_check_fn(model)
+    assert {m for m in model.modules() if check(m)} == set(layers)
 
 
+@pytest.mark.slow
 def test_gpu_prune_check_runs_tiny_on_cpu(tmp_path):
     """The GPU check script end to end on a tiny model (no GPU here), and its BGE-M3 shape."""
     import importlib.util
@@ -506,6 +531,7 @@ def test_gpu_prune_check_runs_tiny_on_cpu(tmp_path):
     assert count_params(shape).total == 567_754_752  # BAAI/bge-m3's parameter count
 
 
+@pytest.mark.slow
 def test_a_run_stopped_after_its_last_checkpoint_resumes_to_the_export(tmp_path, tiny_xlmr_path, capsys, caplog):
     """Killed during the export (its last checkpoint is the final step): the same command with autoresume does not
     train again (Composer's fit() would refuse, max_duration reached) and writes the export of those weights."""

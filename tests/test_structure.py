@@ -13,6 +13,7 @@ import ast
 import importlib
 import inspect
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,18 @@ def test_importing_the_config_parser_does_not_import_torch():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def _ruff() -> str | None:
+    """The ruff of this environment (next to its python, as `make install` puts it), else one on PATH."""
+    beside = Path(sys.executable).parent / "ruff"
+    return str(beside) if beside.is_file() else shutil.which("ruff")
+
+
+def test_ruff_is_clean():
+    """`make lint`: ruff with pyproject.toml's rules reports nothing on the whole repository."""
+    ruff = _ruff()
+    if ruff is None:
+        pytest.skip("ruff is not installed (it is in the dev extra of requirements.lock; `make install` installs it)")
+    proc = subprocess.run([ruff, "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"ruff check . found problems:\n{proc.stdout}{proc.stderr}"

@@ -212,9 +212,11 @@ def shape_from_pattern(p) -> EncoderShape:
 def test_global_expected_size_equals_count_params_at_binary_masks(seed, monkeypatch):
     l0 = global_l0(seed=seed)
     g = torch.Generator().manual_seed(seed)
-    pattern = {"layer": (torch.rand(6, generator=g) > 0.2).float(), "head": (torch.rand(6, 12, generator=g) > 0.5).float(),
+    pattern = {"layer": (torch.rand(6, generator=g) > 0.2).float(),
+               "head": (torch.rand(6, 12, generator=g) > 0.5).float(),
                "intermediate": (torch.rand(6, 1536, generator=g) > 0.5).float(),
-               "head_layer": (torch.rand(6, generator=g) > 0.4).float(), "mlp": (torch.rand(6, generator=g) > 0.4).float()}
+               "head_layer": (torch.rand(6, generator=g) > 0.4).float(),
+               "mlp": (torch.rand(6, generator=g) > 0.4).float()}
     for name, mask in l0.masks.items():
         monkeypatch.setattr(mask, "expected_score", lambda p=pattern[name]: p)
     assert l0.expected_num_params().item() == count_params(shape_from_pattern(pattern)).encoder_layers
@@ -394,6 +396,7 @@ def test_bad_global_configs_stop_before_training(tmp_path, tiny_xlmr_path, capsy
 
 
 # ----------------------------------------------------------------------------------------------- training
+@pytest.mark.slow
 def test_short_global_training_exports_the_achieved_size(tmp_path, tiny_xlmr_path, capsys):
     def edit(c):
         c["model"]["l0_module"].update(target_model={"share": 0.5}, pruning_modules=list(ALL),

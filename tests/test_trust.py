@@ -45,6 +45,7 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_train_refuses_planted_remote_code(planted, tmp_path):
     model_dir, marker = planted
     proc = _run("train.py", "configs/demo.yaml", f"model.name_or_path={model_dir}", "run_name=planted",
@@ -55,6 +56,7 @@ def test_train_refuses_planted_remote_code(planted, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_planted_remote_code(planted, tmp_path):
     model_dir, marker = planted
     for args in ([str(model_dir)], [str(ROOT / "data"), "--baseline", str(model_dir)]):
@@ -108,6 +110,7 @@ class _Payload:
         return (open, (self.marker, "w"))  # unpickling creates the marker file
 
 
+@pytest.mark.slow
 def test_extract_refuses_a_crafted_pickle(tmp_path):
     marker = tmp_path / "PICKLE_RAN"
     run = tmp_path / "run"
@@ -124,6 +127,7 @@ def test_extract_refuses_a_crafted_pickle(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_extract_one_line_errors_for_a_directory_and_a_remote_uri(tmp_path):
     (tmp_path / "latest-rank0.pt").write_bytes(b"")
     line = _one_error_line(_run("scripts/extract_pruned_model.py", str(tmp_path), str(tmp_path / "out")))
@@ -137,6 +141,7 @@ def test_extract_one_line_errors_for_a_directory_and_a_remote_uri(tmp_path):
     assert "not a readable Composer checkpoint" in line
 
 
+@pytest.mark.slow
 def test_teacher_and_benchmark_refuse_planted_remote_code(planted, tmp_path, minilm_path):
     model_dir, marker = planted
     proc = _run("train.py", "configs/demo.yaml", f"model.teacher={model_dir}", "run_name=planted_teacher",
@@ -154,6 +159,7 @@ def test_hub_ids_get_stock_classes_unless_opted_in():
     assert resolve_trust("BAAI/bge-m3", True, "model.name_or_path", "y") is True
 
 
+@pytest.mark.slow
 def test_extract_refuses_planted_code_in_the_runs_base_model(tmp_path, tiny_xlmr_path):
     from test_reliability import write_config
 

@@ -129,6 +129,7 @@ def run_train(*args):
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_train_py_stops_at_a_bad_value_before_the_model_loads(tmp_path):
     proc = run_train(DEMO, "train.batch_size=0", f"train.save_folder={tmp_path}/ckpt",
                      f"export.output_dir={tmp_path}/model")
@@ -139,6 +140,7 @@ def test_train_py_stops_at_a_bad_value_before_the_model_loads(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_print_config_shows_the_resolved_config_shapes_and_sizes(tmp_path):
     proc = run_train(DEMO, "--print-config", "run_name=shown", "export.output_dir=out/${run_name}")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -158,10 +160,12 @@ def test_print_config_shows_the_resolved_config_shapes_and_sizes(tmp_path):
     # A Composer checkpoint of this run: float32 weights of the base plus two Adam moments per trained weight
     # (the frozen pooler has none). Measured: 273,419,065 bytes for a MiniLM 50% prune checkpoint.
     expected = (12 * b.total - 8 * b.pooler) / 1e6
-    assert f"# training checkpoint (float32 weights + Adam moments): about {expected:,.1f} MB each, keeping all" in report
+    assert ("# training checkpoint (float32 weights + Adam moments): "
+            f"about {expected:,.1f} MB each, keeping all") in report
     assert "Loading" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_print_config_of_a_global_target(tmp_path):
     path = tmp_path / "global.yaml"
     path.write_text(DEMO.read_text().replace("target_model: {n_layers: 4, n_heads: 9, intermediate_size: 1152}",

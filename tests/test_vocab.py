@@ -116,7 +116,8 @@ def test_minilm_trim_files_and_counts(minilm_trimmed, minilm_path):
     assert info["vocabulary"]["kept_size"] == model.config.vocab_size == record["kept_size"]
     assert info["vocabulary"]["corpus"] == [f"sts:{DEMO_STS}"]
     # FlagEmbedding usage: mean pooling said, and no sparse/colbert offered for a head-less export.
-    assert "pooling_method='mean'" in info["usage"]["flag_embedding"] and "dense only" in info["usage"]["flag_embedding"]
+    flag_usage = info["usage"]["flag_embedding"]
+    assert "pooling_method='mean'" in flag_usage and "dense only" in flag_usage
     # Out of the corpus: the physics sentence uses pieces the demo pairs never do, the guitar one does not.
     from transformers import AutoTokenizer
 
@@ -207,6 +208,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["empty", "unknown_only", "max_vocab_low", "max_vocab_high", "out_exists",
                                   "no_tokenizer"])
 def test_prune_vocab_bad_input(case, tmp_path, minilm_path):

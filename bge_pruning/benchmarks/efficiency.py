@@ -96,7 +96,8 @@ def _check_model_dir(model_dir: Path, role: str) -> None:
         raise BenchmarkError(f"{arg} {model_dir}: no config.json (not a HuggingFace model directory)")
 
 
-def load_model(model_dir: str | Path, role: str, dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:
+def load_model(model_dir: str | Path, role: str, dtype: str = "float32",
+               trust_remote_code: bool = False) -> LoadedModel:
     """Load a model directory with ``AutoModel`` (eval mode, on CPU) and describe its size."""
     import torch
     from transformers import AutoModel
@@ -526,8 +527,8 @@ def run_benchmark(
     flops = {}
     for t in seq_lens:
         ratio = flops_ratio(base.shape, pruned.shape, t)
-        flops[str(t)] = {"base": forward_flops(base.shape, t).to_dict(), "pruned": forward_flops(pruned.shape, t).to_dict(),
-                         "ratio": ratio}
+        flops[str(t)] = {"base": forward_flops(base.shape, t).to_dict(),
+                         "pruned": forward_flops(pruned.shape, t).to_dict(), "ratio": ratio}
     b_params, p_params = base.info["params"], pruned.info["params"]
 
     results = []

@@ -1,4 +1,5 @@
-"""Training and evaluation data: STS pairs, retrieval triplets, plain texts, BEIR sets, collation and source mixtures."""
+"""Training and evaluation data: STS pairs, retrieval triplets, plain texts, BEIR sets, collation and source
+mixtures."""
 from .collate import PairCollator, TextCollator, TripletCollator
 from .config import SourceSpec, dataset_shortcut, parse_data_config
 from .errors import DataError

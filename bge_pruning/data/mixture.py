@@ -66,7 +66,8 @@ class MixtureBatches(Dataset):
         for s in sources:
             if isinstance(s.proportion, bool) or not isinstance(s.proportion, (int, float)) \
                     or not math.isfinite(s.proportion) or s.proportion <= 0:
-                raise ValueError(f"MixtureBatches: source {s.name!r}: proportion must be positive, got {s.proportion!r}")
+                raise ValueError(f"MixtureBatches: source {s.name!r}: proportion must be positive, "
+                                 f"got {s.proportion!r}")
             if len(s.examples) < batch_size:
                 raise DataError(f"source {s.name!r}: {len(s.examples)} example(s), fewer than one batch "
                                 f"(batch_size {batch_size})")
@@ -167,7 +168,10 @@ def build_train_dataloader(data_cfg: Any, tokenizer: Any, batch_size: int, seed:
 
 
 def num_samples_in_batch(batch: dict[str, Any]) -> int:
-    """Examples in a collated batch (pairs, queries or texts): for Composer's ``DataSpec(get_num_samples_in_batch=...)``."""
+    """Examples in a collated batch (pairs, queries or texts).
+
+    For Composer's ``DataSpec(get_num_samples_in_batch=...)``.
+    """
     if batch.get("task") == "sts":
         return int(batch["scores"].shape[0])
     if batch.get("task") == "retrieval":

@@ -384,7 +384,8 @@ def jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
 
 
 def local_beir(directory: Path, split: str) -> BeirSource:
-    corpus, queries, qrels = directory / "corpus.jsonl", directory / "queries.jsonl", directory / "qrels" / f"{split}.tsv"
+    corpus, queries = directory / "corpus.jsonl", directory / "queries.jsonl"
+    qrels = directory / "qrels" / f"{split}.tsv"
     for f in (corpus, queries):
         if not f.is_file():
             raise DataError(f"{directory}: not a BEIR directory: missing {f.name}")

@@ -8,7 +8,8 @@
   reads); :func:`local_retrieval_task` an ``AbsTaskRetrieval`` over a local BEIR directory
   (``bge_pruning.data.load_beir``). Their ``load_data`` never touches the hub.
 * :func:`run_mteb` runs tasks given as task objects, local paths (a file -> STS task, a directory with
-  ``corpus.jsonl`` -> BEIR retrieval task, another directory -> STS split files) or mteb task names (``"STSBenchmark"``, loaded by mteb from the hub as usual).
+  ``corpus.jsonl`` -> BEIR retrieval task, another directory -> STS split files) or mteb task names
+  (``"STSBenchmark"``, loaded by mteb from the hub as usual).
 
 mteb reports scores in [0, 1] (``main_score`` of an STS task is ``cosine_spearman``, of a retrieval
 task ``ndcg_at_10``); :func:`run_mteb` returns them unchanged.

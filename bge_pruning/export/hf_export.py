@@ -156,7 +156,8 @@ def export_pruned_model(
         raise ExportError(f"export to {out_dir} failed while {stage}: {type(exc).__name__}: {exc}") from exc
     probe, reference, kept, pruned_diff = (prepared["probe"], prepared["reference"], prepared["kept"],
                                            prepared["pruned_diff"])
-    base_shape, pruned_shape, exported_shape = prepared["base_shape"], prepared["pruned_shape"], prepared["exported_shape"]
+    base_shape, pruned_shape, exported_shape = (prepared["base_shape"], prepared["pruned_shape"],
+                                                prepared["exported_shape"])
     layout, state, config, torch_dtype, base_config = (prepared["layout"], prepared["state"], prepared["config"],
                                                        prepared["dtype"], prepared["base_config"])
     layout["source_dtype"] = str(prepared["source_dtype"]).replace("torch.", "")
@@ -691,7 +692,8 @@ def _verify_reload(tmp: Path, layout, probe, reference, dtype, device, exported_
         if type(model).__name__ != layout["model_class"]:
             raise ExportError(f"reload check failed: AutoModel built {type(model).__name__}, "
                               f"expected {layout['model_class']}")
-        reloaded_shape = EncoderShape.from_hf_config(model.config, has_pooler=getattr(model, "pooler", None) is not None)
+        has_pooler = getattr(model, "pooler", None) is not None
+        reloaded_shape = EncoderShape.from_hf_config(model.config, has_pooler=has_pooler)
         if reloaded_shape != exported_shape:
             raise ExportError(f"reload check failed: the reloaded config describes {reloaded_shape.to_dict()}, "
                               f"the export has {exported_shape.to_dict()}")
@@ -721,9 +723,9 @@ def _source_dir(base_model: str | None) -> Path | None:
 
 
 def _computed_info_keys() -> set[str]:
-    return {"format_version", "base_model", "base_model_hub_id", "family", "export", "pooling", "normalize", "heads", "base_shape",
-            "target_shape", "achieved_shape", "exported_shape", "kept_layers", "kept_heads", "kept_sublayers", "params",
-            "kept_encoder_share", "verification", "usage", "onnx", "evaluation"}
+    return {"format_version", "base_model", "base_model_hub_id", "family", "export", "pooling", "normalize", "heads",
+            "base_shape", "target_shape", "achieved_shape", "exported_shape", "kept_layers", "kept_heads",
+            "kept_sublayers", "params", "kept_encoder_share", "verification", "usage", "onnx", "evaluation"}
 
 
 def _pruning_info(*, backbone, base_shape, pruned_shape, exported_shape, kept, layout, pooling, normalize,

@@ -1,4 +1,6 @@
-"""Structurally pruned BERT / XLM-RoBERTa / MPNet encoders for ``transformers`` (loaded with ``trust_remote_code=True``).
+"""Structurally pruned BERT / XLM-RoBERTa / MPNet encoders for ``transformers``.
+
+Loaded with ``trust_remote_code=True``.
 
 This file is copied next to ``config.json`` by the pruning export. It is self-contained (imports only
 torch and transformers) so an export directory works without the pruning package installed.

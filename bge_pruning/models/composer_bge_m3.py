@@ -269,7 +269,8 @@ class ComposerBGEM3(ComposerModel):
             return {"task": "text", "texts": self.encode(batch["texts"], zs)}
         raise ValueError(f"unknown batch task {batch['task']!r}")
 
-    def _retrieval_scores(self, q: Mapping[str, torch.Tensor], p: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _retrieval_scores(self, q: Mapping[str, torch.Tensor],
+                          p: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         scores = {"dense": q["dense"] @ p["dense"].T}
         if "sparse" in q:
             scores["sparse"] = q["sparse"] @ p["sparse"].T
@@ -458,7 +459,8 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
     if teacher_layers is not None:
         from omegaconf import OmegaConf
 
-        teacher_layers = OmegaConf.to_container(teacher_layers) if OmegaConf.is_config(teacher_layers) else teacher_layers
+        if OmegaConf.is_config(teacher_layers):
+            teacher_layers = OmegaConf.to_container(teacher_layers)
     teacher = None
     teacher_heads: dict[str, torch.nn.Module] = {}
     if needs_teacher(lcfg):

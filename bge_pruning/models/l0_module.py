@@ -282,7 +282,8 @@ class L0Module(nn.Module):
 
     def expected_num_params(self) -> torch.Tensor:
         """Expected encoder-layer parameter count, with the per-unit counts of ``count_params``:
-        sum over layers of P(layer) * (P(attention) * (E[heads] * per_head + 3d) + P(FFN) * (E[units] * per_unit + 3d))."""
+        sum over layers of
+        P(layer) * (P(attention) * (E[heads] * per_head + 3d) + P(FFN) * (E[units] * per_unit + 3d))."""
         s = self._scores()
         heads = s["head"].sum(-1) * self.params_per_head
         inter = s["intermediate"].sum(-1) * self.params_per_intermediate_unit

@@ -230,7 +230,8 @@ class Layer(nn.Module):
         d = config.hidden_size
         self.attention = _ATTENTION[family_of(config).attention](d, num_heads, head_dim, config) if attention else None
         self.intermediate = Intermediate(d, intermediate_size, config.hidden_act) if ffn else None
-        self.output = SelfOutput(intermediate_size, d, config.layer_norm_eps, config.hidden_dropout_prob) if ffn else None
+        self.output = (SelfOutput(intermediate_size, d, config.layer_norm_eps, config.hidden_dropout_prob)
+                       if ffn else None)
 
     @property
     def has_attention(self) -> bool:
@@ -284,7 +285,8 @@ class Encoder(nn.Module):
                 shape.ffn_kept_per_layer))
         self.relative_attention_bias = None
         if family_of(config).relative_attention_bias:
-            self.relative_attention_bias = nn.Embedding(shape.relative_attention_buckets, shape.relative_attention_heads)
+            self.relative_attention_bias = nn.Embedding(shape.relative_attention_buckets,
+                                                        shape.relative_attention_heads)
             # A pruned export says which base heads each layer kept; a stock config keeps them all.
             per_layer = getattr(config, "relative_attention_heads_per_layer", None) or [
                 list(range(h)) for h in shape.heads_per_layer]

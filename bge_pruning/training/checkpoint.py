@@ -283,7 +283,8 @@ def lock_run_folder(folder: Path, run_name: str) -> RunLock:
             owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise CheckpointError(f"train.save_folder: {folder} is in use by another run (pid {owner}) of "
-                                  f"'{run_name}'; wait for it to finish, or start this one with another run_name") from None
+                                  f"'{run_name}'; wait for it to finish, or start this one with another "
+                                  "run_name") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(lock).st_ino
         except FileNotFoundError:
