@@ -9,7 +9,7 @@
         expected encoder size, over steps (the train_log.jsonl that JsonlLogger writes)
     python scripts/plot.py pareto RESULTS.json --out pareto.png [--x auto|encoder|total] [--metric spearman|ndcg10]
         parameters vs Spearman of {"runs": [{"name", "method", "encoder_params"|"total_params", "spearman"}]}
-        (format: the docstring of bge_pruning/plots.py)
+        (format: the docstring of bge_pruning/plots/__init__.py)
     python scripts/plot.py efficiency EFFICIENCY.json --out efficiency.png
         re-plot the --output JSON of scripts/benchmark_efficiency.py
 """
