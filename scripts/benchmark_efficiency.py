@@ -15,13 +15,8 @@ when it is available. See ``bge_pruning/benchmarks/efficiency.py``.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bge_pruning.benchmarks.efficiency import main  # noqa: E402
+from bge_pruning.benchmarks.efficiency import main
 
 if __name__ == "__main__":
     sys.exit(main(prog="benchmark_efficiency.py"))

@@ -4,13 +4,8 @@ scored on STS-B dev and on SciFact claims no run trains on. ``--help`` for the o
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bge_pruning.benchmarks.quality import main  # noqa: E402
+from bge_pruning.benchmarks.quality import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,20 +9,15 @@
         expected encoder size, over steps (the train_log.jsonl that JsonlLogger writes)
     python scripts/plot.py pareto RESULTS.json --out pareto.png [--x auto|encoder|total] [--metric spearman|ndcg10]
         parameters vs Spearman of {"runs": [{"name", "method", "encoder_params"|"total_params", "spearman"}]}
-        (format: the docstring of bge_pruning/plots.py)
+        (format: the docstring of bge_pruning/plots/__init__.py)
     python scripts/plot.py efficiency EFFICIENCY.json --out efficiency.png
         re-plot the --output JSON of scripts/benchmark_efficiency.py
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bge_pruning.plots import main  # noqa: E402
+from bge_pruning.plots import main
 
 if __name__ == "__main__":
     sys.exit(main(prog="plot.py"))

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import platform
 import sys
@@ -43,8 +42,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import BenchmarkError, UserError
 from ..shapes import EncoderShape, count_params
+from ..tables import format_rows
 from .flops import FLOPS_EXCLUDED, FLOPS_INCLUDED, flops_ratio, forward_flops
 
 FORMAT_VERSION = 1
@@ -321,21 +323,11 @@ def memory_method(device: str) -> str:
 
 
 # ====================================================================== measurement
-def _percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolation percentile (numpy's default) without needing numpy arrays."""
-    xs = sorted(values)
-    if len(xs) == 1:
-        return xs[0]
-    pos = (len(xs) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 def _latency_stats(latencies: list[float], batch_size: int) -> dict[str, Any]:
-    p50 = _percentile(latencies, 50)
+    # numpy's default "linear" method: the (n - 1) * q / 100-th order statistic, interpolated between neighbours.
+    p50, p95 = (float(v) for v in np.percentile(latencies, [50, 95]))
     return {
-        "latency_s": {"p50": p50, "p95": _percentile(latencies, 95), "mean": sum(latencies) / len(latencies),
+        "latency_s": {"p50": p50, "p95": p95, "mean": sum(latencies) / len(latencies),
                       "min": min(latencies), "max": max(latencies)},
         "throughput_seq_per_s": batch_size / p50 if p50 > 0 else None,
         "latencies_s": latencies,
@@ -648,12 +640,8 @@ def format_report(res: dict[str, Any]) -> str:
             f"{p['latency_s']['p50'] * 1e3:.2f}/{p['latency_s']['p95'] * 1e3:.2f}",
             _mib(b.get("peak_memory_increase_bytes")), _mib(p.get("peak_memory_increase_bytes")),
         ])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines.append("")
-    lines.append(" | ".join(h.rjust(w) for h, w in zip(header, widths)))
-    lines.append("-+-".join("-" * w for w in widths))
-    for row in rows:
-        lines.append(" | ".join(c.rjust(w) for c, w in zip(row, widths)))
+    lines.append(format_rows(header, rows, left=()))
     onnx_roles = [role for role in ONNX_ROLES if role in res["models"]]
     if onnx_roles:
         lines.append("")
@@ -676,11 +664,7 @@ def format_report(res: dict[str, Any]) -> str:
                              _fmt(m["throughput_seq_per_s"], ".1f"), _fmt(speed, ".2f") + "x",
                              f"{m['latency_s']['p50'] * 1e3:.2f}/{m['latency_s']['p95'] * 1e3:.2f}",
                              _mib(m.get("peak_memory_increase_bytes")), _mib(size)])
-        widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
-        lines.append(" | ".join(h.rjust(w) for h, w in zip(header, widths)))
-        lines.append("-+-".join("-" * w for w in widths))
-        for row in rows:
-            lines.append(" | ".join(c.rjust(w) for c, w in zip(row, widths)))
+        lines.append(format_rows(header, rows, left=()))
     lines.append("")
     for dev, method in res["memory_method"].items():
         lines.append(f"memory ({dev}): {method}")

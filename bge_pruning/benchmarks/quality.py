@@ -599,7 +599,7 @@ def _json_safe(obj: Any) -> Any:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="benchmark_quality.py", description=__doc__,
+    ap = argparse.ArgumentParser(description=__doc__,  # prog: benchmark_quality.py or bge-benchmark-quality
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(MODELS), default="minilm")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)

@@ -15,6 +15,7 @@ _EXPORTS = {
     "make_mteb_encoder": "mteb_wrapper", "local_sts_task": "mteb_wrapper", "local_retrieval_task": "mteb_wrapper",
     "run_mteb": "mteb_wrapper",
     "format_table": "report", "build_report": "report", "write_json": "report", "retention": "report",
+    "parse_task_spec": "tasks", "assign_labels": "tasks", "TaskSpec": "tasks", "TaskData": "tasks",
 }
 
 __all__ = sorted(_EXPORTS)

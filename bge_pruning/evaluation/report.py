@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..tables import format_rows
+
 Results = Mapping[str, Mapping[str, float]]
 
 
@@ -51,14 +53,7 @@ def format_table(results: Results, baseline: Results | None = None, digits: int 
                 b = baseline.get(t, {}).get(m)
                 v = results.get(t, {}).get(m)
                 rows.append([t, m, _fmt(b, digits), _fmt(v, digits), _fmt(retention(b, v), 2)])
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)] if rows else [len(h) for h in header]
-    numeric = [False, False] + [True] * (len(header) - 2)
-
-    def line(cells):
-        return " | ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
-
-    sep = "-+-".join("-" * w for w in widths)
-    return "\n".join([line(header), sep] + [line(r) for r in rows])
+    return format_rows(header, rows, left=(0, 1))  # task and metric names left, numbers right
 
 
 def _json_safe(obj: Any) -> Any:

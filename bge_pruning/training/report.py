@@ -10,6 +10,7 @@ import torch
 from ..evaluation.encoder import EmbeddingModel
 from ..evaluation.sts import evaluate_sts
 from ..shapes import EncoderShape, count_params
+from ..tables import format_rows
 
 MAX_LENGTH = 512
 
@@ -48,14 +49,12 @@ def before_after(base: EncoderShape, pruned: EncoderShape, base_sts: dict[str, f
         (f"Pearson x100 ({eval_name})", f"{base_sts['pearson']:.2f}", f"{pruned_sts['pearson']:.2f}",
          pruned_sts["pearson"] / base_sts["pearson"]),
     ]
-    w0 = max(len(r[0]) for r in rows)
-    lines = [f"{'':{w0}}  {'base':>14}  {'pruned':>14}  {'pruned/base':>11}"]
-    for name, bv, pv, ratio in rows:
-        lines.append(f"{name:{w0}}  {bv:>14}  {pv:>14}  {'' if ratio is None else f'{100 * ratio:.1f}%':>11}")
+    table = format_rows(["", "base", "pruned", "pruned/base"],
+                        [(name, bv, pv, "" if r is None else f"{100 * r:.1f}%") for name, bv, pv, r in rows])
     numbers = {"base": {"params": b.to_dict(), "sts": base_sts, "shape": base.to_dict()},
                "pruned": {"params": p.to_dict(), "sts": pruned_sts, "shape": pruned.to_dict()},
                "eval_set": eval_name}
-    return "\n".join(lines), numbers
+    return table, numbers
 
 
 def _shape(s: EncoderShape) -> str:
