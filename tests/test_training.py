@@ -237,6 +237,8 @@ def test_loggers_and_monitors_from_config(tmp_path, tiny_xlmr_path, monkeypatch)
     tags = set(acc.Tags()["scalars"])
     assert any(t.startswith("lr-DecoupledAdamW/") for t in tags), tags
     assert "throughput/batches_per_sec" in tags and "loss/train/total" in tags and "l0/expected_sparsity" in tags
+    # the model declares flops_per_batch, so the speed monitor reports FLOP/s too
+    assert "throughput/device/flops_per_sec" in tags, sorted(t for t in tags if t.startswith("throughput"))
     logged = {str(p.relative_to(next(p.parents[i] for i in range(len(p.parents)) if p.parents[i].name == "metrics")))
               for p in mlruns.rglob("*") if p.is_file() and "metrics" in p.parts}
     assert "loss/train/total" in logged and "l0/expected_sparsity" in logged, sorted(logged)[:20]
@@ -275,3 +277,27 @@ def test_prune_tiny_mpnet_few_steps(tmp_path, tiny_mpnet_path):
     reloaded = AutoModel.from_pretrained(str(out), trust_remote_code=info["export"]["trust_remote_code"])
     assert type(reloaded).__name__ in ("MPNetModel", "PrunedMPNetModel")
     assert info["verification"]["max_abs_diff"] < 1e-4
+
+
+def test_flops_per_batch_is_the_analytic_count(tmp_path, tiny_xlmr_path):
+    """What Composer's SpeedMonitor reads: 3 x the student's forward FLOPs (forward + backward) plus the teacher's
+    forward, per view, at each view's padded length; computed here by hand from the per-layer formula."""
+    from bge_pruning.models.composer_bge_m3 import build_model
+
+    cfg = load_config(tiny_config(tmp_path, tiny_xlmr_path))
+    model = build_model(cfg)
+    shape = model.backbone.shape
+    d, dh = shape.hidden_size, shape.head_dim
+
+    def by_hand(t: int) -> int:  # forward FLOPs of one sequence of t tokens, every layer
+        return sum(2 * t * d * 3 * h * dh + 2 * t * h * dh * d + 4 * t * t * h * dh + 4 * t * d * i
+                   for h, i in zip(shape.heads_per_layer, shape.intermediate_per_layer))
+
+    ids = {n_t: {"input_ids": torch.ones(n_t[0], n_t[1], dtype=torch.long)} for n_t in ((3, 7), (6, 11), (4, 5))}
+    retrieval = {"task": "retrieval", "query": ids[(3, 7)], "passages": ids[(6, 11)], "n_passages_per_query": 2}
+    assert model._teacher is not None  # the tiny config distils: the teacher's forward is counted once
+    assert model.flops_per_batch(retrieval) == 4 * (3 * by_hand(7) + 6 * by_hand(11))
+    text = {"task": "text", "texts": ids[(4, 5)]}
+    assert model.flops_per_batch(text) == 4 * 4 * by_hand(5)
+    model._teacher = None  # no teacher: forward + backward of the student only
+    assert model.flops_per_batch(text) == 3 * 4 * by_hand(5)

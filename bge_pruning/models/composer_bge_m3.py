@@ -77,6 +77,8 @@ class InBatchMRR(Metric):
 # the loss.* weights that need a teacher
 TEACHER_LOSSES = ("distill_embedding", "distill_similarity", "distill_hidden", "distill_layers", "distill_sparse",
                   "distill_colbert")
+# the tokenized views a batch can hold (sts: a/b, retrieval: query/passages, text: texts), for flops_per_batch
+FLOP_VIEWS = ("a", "b", "query", "passages", "texts")
 # the head distillation losses: the teacher's own sparse / colbert head on the teacher's token states
 TEACHER_HEAD_LOSSES = {"distill_sparse": "sparse", "distill_colbert": "colbert"}
 # loss.* keys that are not weights (passed to ComposerBGEM3 separately)
@@ -258,6 +260,30 @@ class ComposerBGEM3(ComposerModel):
         return out
 
     # ------------------------------------------------------------------ Composer interface
+    def flops_per_batch(self, batch: Mapping[str, Any]) -> int:
+        """Training FLOPs of one batch, for Composer's ``SpeedMonitor`` (FLOP/s and MFU).
+
+        Per tokenized view of the batch (``a``/``b``, ``query``/``passages``, ``texts``): the analytic forward FLOPs
+        (:func:`bge_pruning.flops.forward_flops`) of the student's shape at the view's padded length, times 3
+        (forward + backward, the usual estimate), plus one forward of the frozen teacher when a distillation loss
+        is on. The masks do not reduce compute (masked units are multiplied by zero, not skipped), so the student
+        counts at its physical shape; the heads, embeddings and losses are left out (see ``bge_pruning.flops``).
+        """
+        from ..flops import forward_flops
+
+        student = self.backbone.shape
+        teacher = self._teacher.module.shape if self._teacher is not None and needs_teacher(self.loss_cfg) else None
+        total = 0
+        for key in FLOP_VIEWS:
+            view = batch.get(key)
+            if view is None:
+                continue
+            n, t = (int(x) for x in view["input_ids"].shape)
+            total += 3 * n * forward_flops(student, t).total
+            if teacher is not None:
+                total += n * forward_flops(teacher, t).total
+        return total
+
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         zs = self.current_masks()
         if batch["task"] == "sts":
