@@ -6,6 +6,8 @@ counts), the target from ``bge_pruning.models.l0_module.parse_target`` (the same
 """
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import DictConfig, OmegaConf
 
 from .shapes import EncoderShape, count_params
@@ -100,6 +102,18 @@ def _kept(cfg: DictConfig) -> str:
 
 
 def print_config(cfg: DictConfig) -> str:
-    """The resolved config as YAML, then ``describe`` as YAML comments (the whole output loads as a config)."""
-    text = OmegaConf.to_yaml(cfg, resolve=True)
+    """The resolved config as YAML, then ``describe`` as YAML comments (the whole output loads as a config). Paths
+    with the older ``{run_name}`` placeholder are shown filled in, as the run will use them."""
+    from .config import fill_run_name
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, str):
+            return fill_run_name(node, str(cfg.run_name))
+        if isinstance(node, dict):
+            return {k: fill(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fill(v) for v in node]
+        return node
+
+    text = OmegaConf.to_yaml(OmegaConf.create(fill(OmegaConf.to_container(cfg, resolve=True))))
     return text + "\n" + "\n".join("# " + line for line in describe(cfg).splitlines()) + "\n"

@@ -146,7 +146,10 @@ def test_print_config_shows_the_resolved_config_shapes_and_sizes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     printed = yaml.safe_load(proc.stdout)  # the report lines are YAML comments: the output loads as a config
     expected = load_config(DEMO, ["run_name=shown", "export.output_dir=out/shown"])
-    assert printed == OmegaConf.to_container(expected)
+    assert printed["train"]["save_folder"] == "experiments/shown/checkpoints"  # {run_name} shown filled in
+    expected = OmegaConf.to_container(expected)
+    expected["train"].update(save_folder="experiments/shown/checkpoints", log_file="experiments/shown/train_log.jsonl")
+    assert printed == expected
     assert printed["export"]["output_dir"] == "out/shown" and printed["train"]["lr"] == 5e-5
     base = EncoderShape.from_hf_config(AutoConfig.from_pretrained(resolve_model_path("embedded:all-MiniLM-L6-v2")))
     b, t = count_params(base), count_params(base.with_target(4, 9, 1152))
