@@ -506,11 +506,17 @@ def fake_checkpoint_loader(tiny, monkeypatch) -> list:
     return loaded
 
 
-def test_extract_script(tiny, tmp_path, monkeypatch, capsys):
+def fake_extract_run(tiny, monkeypatch, tmp_path) -> tuple[list, types.ModuleType, Path]:
+    """The extract script with the fake checkpoint loader, and a checkpoint file it never reads: (the paths the
+    loader was asked for, the script module, the checkpoint path)."""
     loaded = fake_checkpoint_loader(tiny, monkeypatch)
-    script = _load_script()
     ckpt = tmp_path / "ep1-ba10-rank0.pt"
     ckpt.write_bytes(b"not read by the fake loader")
+    return loaded, _load_script(), ckpt
+
+
+def test_extract_script(tiny, tmp_path, monkeypatch, capsys):
+    loaded, script, ckpt = fake_extract_run(tiny, monkeypatch, tmp_path)
 
     assert script.main([str(ckpt), str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "pruning_info.json").is_file() and loaded == [str(ckpt)]

@@ -12,12 +12,11 @@ import torch
 from test_export import (
     TEXTS,
     TINY_TEXTS,
-    _load_script,
     _masked_hidden,
     _real_diff,
     _siblings,
     _tiny_zs,
-    fake_checkpoint_loader,
+    fake_extract_run,
     minilm,  # noqa: F401 - a fixture
     tiny,  # noqa: F401 - a fixture
 )
@@ -212,10 +211,7 @@ def test_bad_dtype_argument(tiny, tmp_path):
 
 # ====================================================================== script and config
 def test_extract_script_dtype(tiny, tmp_path, monkeypatch, capsys):
-    loaded = fake_checkpoint_loader(tiny, monkeypatch)
-    script = _load_script()
-    ckpt = tmp_path / "ep1-ba10-rank0.pt"
-    ckpt.write_bytes(b"not read by the fake loader")
+    loaded, script, ckpt = fake_extract_run(tiny, monkeypatch, tmp_path)
     before = snapshot(tmp_path)
 
     for bad in ("fp16", "half", "Float16"):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_export import TEXTS, TINY_TEXTS, _load_script, _tiny_zs, fake_checkpoint_loader, minilm, tiny  # noqa: F401
+from test_export import TEXTS, TINY_TEXTS, _load_script, _tiny_zs, fake_extract_run, minilm, tiny  # noqa: F401
 from test_reliability import error_line, run_main, snapshot, write_config
 
 from bge_pruning.config import QUANTIZE_CHOICES as CONFIG_QUANTIZE
@@ -165,10 +165,7 @@ def test_failed_onnx_check_leaves_nothing(tiny, tmp_path, monkeypatch):
 
 
 def test_extract_script_onnx(tiny, tmp_path, monkeypatch, capsys):
-    loaded = fake_checkpoint_loader(tiny, monkeypatch)
-    script = _load_script()
-    ckpt = tmp_path / "ep1-ba10-rank0.pt"
-    ckpt.write_bytes(b"not read by the fake loader")
+    loaded, script, ckpt = fake_extract_run(tiny, monkeypatch, tmp_path)
     before = snapshot(tmp_path)
     for args, message in ((["--quantize", "int8"], "--quantize quantizes the ONNX model: add --onnx"),
                           (["--onnx", "--quantize", "int4"], "--quantize must be one of int8, got 'int4'")):
