@@ -173,29 +173,21 @@ def random_batch(batch_size: int, seq_len: int, vocab_size: int, pad_token_id: i
 
 # ====================================================================== memory
 class OnnxCall:
-    """An onnxruntime session called like a torch model (``model(**batch)``), for the timing loop: the torch
-    tensors are handed over as numpy arrays (a copy-free view on CPU) and only the graph's inputs are passed.
-    ``threads`` is onnxruntime's intra-op thread count, set to torch's so both runtimes get the same cores."""
+    """An onnxruntime session called like a torch model (``model(**batch)``), for the timing loop: only the graph's
+    inputs are passed (:func:`bge_pruning.export.onnx_export.run_session`). ``threads`` is onnxruntime's intra-op
+    thread count, set to torch's so both runtimes get the same cores."""
 
     def __init__(self, path: Path, threads: int) -> None:
-        import onnxruntime as ort
+        from ..export.onnx_export import onnx_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
         self.path = path
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path, threads)
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, **batch: Any) -> Any:
-        import torch
+        from ..export.onnx_export import run_session
 
-        feeds = {}
-        for name in self.inputs:
-            value = batch.get(name)
-            feeds[name] = (torch.zeros_like(batch["input_ids"]) if value is None else value).cpu().numpy()
-        return self.session.run(None, feeds)
+        return run_session(self.session, self.inputs, batch)
 
 
 def load_onnx_models(pruned_dir: Path, threads: int,
@@ -332,12 +324,6 @@ def _latency_stats(latencies: list[float], batch_size: int) -> dict[str, Any]:
         "throughput_seq_per_s": batch_size / p50 if p50 > 0 else None,
         "latencies_s": latencies,
     }
-
-
-def measure_pair(models: dict[str, Any], batch: dict[str, Any], device: str, repeats: int,
-                 warmup: int) -> dict[str, dict[str, Any]]:
-    """Time ``models['base']`` and ``models['pruned']`` interleaved on one batch; memory as documented above."""
-    return measure_models(models, {role: batch for role in models}, device, repeats, warmup)
 
 
 def measure_models(models: dict[str, Any], batches: dict[str, dict[str, Any]], device: str, repeats: int,

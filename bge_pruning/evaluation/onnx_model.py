@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
-from ..export.onnx_export import OUTPUT_NAME, run_session
+from ..export.onnx_export import OUTPUT_NAME, onnx_session, run_session
 
 
 class OnnxEncoder(nn.Module):
@@ -30,14 +30,8 @@ class OnnxEncoder(nn.Module):
 
     def __init__(self, path: str | Path, hidden_size: int, threads: int | None = None) -> None:
         super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(self.path, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         outputs = {o.name: o for o in self.session.get_outputs()}
         if OUTPUT_NAME not in outputs:

@@ -81,11 +81,16 @@ def _load_float32(model_dir: Path, trust_remote_code: bool) -> torch.nn.Module:
     return model.eval()
 
 
-def _session(path: Path):
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session of ``path`` (the export's check, ``OnnxEncoder``, the efficiency benchmark);
+    ``threads`` sets the intra-op thread count (inter-op 1), None keeps onnxruntime's default."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: the CPU provider's notes on unused initializers are noise here
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -96,7 +101,7 @@ def run_session(session, names: list[str], batch: Mapping[str, torch.Tensor]) ->
         value = batch.get(name)
         if value is None and name == "token_type_ids":
             value = torch.zeros_like(batch["input_ids"])
-        feeds[name] = value.detach().cpu().numpy().astype("int64")
+        feeds[name] = value.detach().cpu().numpy().astype("int64", copy=False)
     return torch.from_numpy(session.run([OUTPUT_NAME], feeds)[0])
 
 
@@ -172,7 +177,7 @@ def write_onnx(model_dir: str | Path, probes: list[Mapping[str, torch.Tensor]], 
     finally:
         del traced, model  # the traced module is not reusable (see the module docstring)
 
-    session = _session(out)
+    session = onnx_session(out)
     diffs = [_max_diff(run_session(session, names, p), ref, p["attention_mask"]) for p, ref in zip(probes, references)]
     diff = max(diffs)
     if not math.isfinite(diff) or diff > atol:
@@ -197,7 +202,7 @@ def _quantize(source: Path, target: Path, names: list[str], probes, references) 
                              reduce_range=False)
     except Exception as exc:  # noqa: BLE001
         raise ExportError(f"int8 quantization failed: {type(exc).__name__}: {exc}") from exc
-    session = _session(target)
+    session = onnx_session(target)
     diff, cosine = 0.0, 1.0
     for p, ref in zip(probes, references):
         hidden = run_session(session, names, p)
