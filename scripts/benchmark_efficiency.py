@@ -10,13 +10,14 @@ BASE_DIR may also be ``embedded:all-MiniLM-L6-v2``. Both directories are loaded 
 base and pruned are timed interleaved on random batches of exactly batch x seq_len tokens. Prints a table with
 the measured speedup next to the FLOPs ratio (base / pruned FLOPs: the compute-bound limit), and writes every
 number to --output and a throughput plot to --plot. ``--device auto`` (default) runs on CPU, and on CUDA too
-when it is available. See ``bge_pruning/benchmarks/efficiency.py``.
+when it is available. The command: ``bge_pruning.cli.benchmark_efficiency``; the measurements:
+``bge_pruning.benchmarks.efficiency``.
 """
 from __future__ import annotations
 
 import sys
 
-from bge_pruning.benchmarks.efficiency import main
+from bge_pruning.cli.benchmark_efficiency import main
 
 if __name__ == "__main__":
     sys.exit(main(prog="benchmark_efficiency.py"))

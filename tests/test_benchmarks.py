@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bge_pruning.benchmarks import flops_ratio, forward_flops, layer_flops
-from bge_pruning.benchmarks.efficiency import BenchmarkError, main, run_benchmark
+from bge_pruning.benchmarks.efficiency import BenchmarkError, run_benchmark
+from bge_pruning.cli.benchmark_efficiency import main
 from bge_pruning.shapes import EncoderShape
 
 TINY_HEADS = [4, 2, 3, 1]
