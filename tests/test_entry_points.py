@@ -25,6 +25,7 @@ WRAPPERS = {
     "bge-evaluate": "scripts/evaluate_model.py",
     "bge-benchmark-efficiency": "scripts/benchmark_efficiency.py",
     "bge-benchmark-quality": "scripts/benchmark_quality.py",
+    "bge-gpu-prune-check": "scripts/gpu_prune_check.py",
     "bge-plot": "scripts/plot.py",
     "bge-target-shapes": "scripts/target_shapes.py",
     "bge-prune-vocab": "scripts/prune_vocab.py",
