@@ -158,6 +158,10 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_xlmr_path):
     assert [(name, init) for name, _, init in groups] == [("model", 1e-4), ("l0_masks", 0.3), ("lagrangian", -0.2)]
     assert opt["state"].keys() == ref_opt["state"].keys()
     assert any("colbert_head" in k for k in opt["state"])  # state even for a parameter without gradients
+    # The run record (RunRecord callback) carries the killed process's config forward as an earlier one.
+    record, ref_record = raw["callbacks"]["RunRecord"], ref_raw["callbacks"]["RunRecord"]
+    assert record["earlier_configs"] == [record["config"]] and ref_record["earlier_configs"] == []
+    assert record["config"] == (tmp_path / "run" / "ckpt" / "config.restart-1.yaml").read_text()
     for name, s in opt["state"].items():
         for key, value in s.items():
             torch.testing.assert_close(value, ref_opt["state"][name][key], rtol=0, atol=0, msg=f"{name}.{key}")
