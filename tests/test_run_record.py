@@ -126,7 +126,8 @@ def test_run_record_keeps_earlier_configs_on_resume():
     (lambda r: r.pop("hf_config"), "bad or missing ['hf_config']"),
     (lambda r: r.update(config=3), "bad or missing ['config']"),
     (lambda r: r.update(format=99), "format 99, this version reads 1"),
-    (lambda r: r["tokenizer"].update({"../../evil.py": b"x"}), "the stored file '../../evil.py' is not a plain file name with bytes"),
+    (lambda r: r["tokenizer"].update({"../../evil.py": b"x"}),
+     "the stored file '../../evil.py' is not a plain file name with bytes"),
     (lambda r: r["code"].update({"m.py": "text"}), "the stored file 'm.py' is not a plain file name with bytes"),
 ])
 def test_malformed_record_is_one_checkpoint_error(tmp_path, edit, found):

@@ -66,8 +66,9 @@ def _write_hf_files(base: Path, model: ComposerBGEM3) -> None:
 
 
 RECORD_FORMAT = 1
+_OPTIONAL_DICT = (dict, type(None))
 _RECORD_TYPES = {"format": int, "config": str, "earlier_configs": list, "hf_config": dict, "tokenizer": dict,
-                 "code": dict, "base_model": str, "pruning_info": (dict, type(None)), "vocab_record": (dict, type(None)),
+                 "code": dict, "base_model": str, "pruning_info": _OPTIONAL_DICT, "vocab_record": _OPTIONAL_DICT,
                  "max_seq_length": (int, type(None))}
 
 
