@@ -158,6 +158,10 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_xlmr_path):
     assert [(name, init) for name, _, init in groups] == [("model", 1e-4), ("l0_masks", 0.3), ("lagrangian", -0.2)]
     assert opt["state"].keys() == ref_opt["state"].keys()
     assert any("colbert_head" in k for k in opt["state"])  # state even for a parameter without gradients
+    # The run record (RunRecord callback) carries the killed process's config forward as an earlier one.
+    record, ref_record = raw["callbacks"]["RunRecord"], ref_raw["callbacks"]["RunRecord"]
+    assert record["earlier_configs"] == [record["config"]] and ref_record["earlier_configs"] == []
+    assert record["config"] == (tmp_path / "run" / "ckpt" / "config.restart-1.yaml").read_text()
     for name, s in opt["state"].items():
         for key, value in s.items():
             torch.testing.assert_close(value, ref_opt["state"][name][key], rtol=0, atol=0, msg=f"{name}.{key}")
@@ -401,6 +405,36 @@ def test_non_finite_weights_stop_before_the_checkpoint(tmp_path):
     assert str(e.value).startswith("non-finite weights after the optimizer update of step 7 (bias) although the "
                                    "loss was finite: training stopped before that step's checkpoint; the last good "
                                    f"checkpoint is {tmp_path / 'ep0-ba6-rank0.pt'}.")
+
+
+def test_non_finite_loss_guard_is_composers_nan_monitor_and_also_catches_inf(tmp_path):
+    """Composer's NaNMonitor checks the loss for NaN only and raises a bare RuntimeError; the guard built on it
+    also stops at +-inf, names every bad part with its value and the step, and raises the one-line UserError."""
+    from composer.callbacks import NaNMonitor
+
+    from bge_pruning.errors import UserError
+
+    guard = NonFiniteLossGuard(save_folder=str(tmp_path))
+    assert isinstance(guard, NaNMonitor)
+
+    def state(loss):
+        return SimpleNamespace(loss=loss, timestamp=SimpleNamespace(batch=SimpleNamespace(value=4)))
+
+    finite = {"total": torch.tensor(1.5), "cosent": torch.tensor(0.5)}
+    guard.after_loss(state(finite), None)  # finite: nothing happens
+    NaNMonitor().after_loss(state({"total": torch.tensor(float("inf"))}), None)  # what NaNMonitor alone lets by
+    with pytest.raises(NonFiniteLossError) as e:
+        guard.after_loss(state({"total": torch.tensor(float("inf")), "cosent": torch.tensor(0.5),
+                                "sparse": torch.tensor(float("-inf"))}), None)
+    assert isinstance(e.value, UserError)
+    assert str(e.value).startswith("non-finite loss at step 5 (total=inf, sparse=-inf): training stopped before "
+                                   "that step's update; no checkpoint was written before it")
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite loss at step 5 \(loss\[1\]=nan\)"):
+        guard.after_loss(state([torch.tensor(1.0), torch.tensor(float("nan"))]), None)
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite loss at step 5 \(total=non-finite\)"):
+        guard.after_loss(state(torch.tensor([1.0, float("nan")])), None)
+    with pytest.raises(TypeError, match="should be a tensor or a sequence of tensors"):  # NaNMonitor's type check
+        guard.after_loss(state(1.0), None)
 
 
 def test_out_of_gpu_memory_suggests_micro_batching(tmp_path, tiny_xlmr_path, capsys, monkeypatch):

@@ -160,13 +160,41 @@ def test_hub_ids_get_stock_classes_unless_opted_in():
 
 
 @pytest.mark.slow
-def test_extract_refuses_planted_code_in_the_runs_base_model(tmp_path, tiny_xlmr_path):
+def test_extract_refuses_planted_code_in_the_checkpoint_or_beside_it(tmp_path, tiny_xlmr_path):
+    """Code planted in a checkpoint's run record runs only with --trust-remote-code; code planted in base_model/
+    beside a checkpoint is never read when the checkpoint has its record, and is refused for an older checkpoint
+    (no record) that is rebuilt from base_model/."""
     from test_reliability import write_config
+
+    from bge_pruning.training.checkpoint import RUN_RECORD_KEY
 
     cfg = write_config(tmp_path, tiny_xlmr_path, max_duration="4ba", save_interval="4ba", eval_interval="100ba")
     assert _run(str(ROOT / "train.py"), str(cfg), cwd=tmp_path).returncode == 0
     marker = tmp_path / "PAYLOAD_RAN"
+    checkpoint = tmp_path / "ckpt" / "latest-rank0.pt"
     plant_remote_code(tmp_path / "ckpt" / "base_model", marker)
-    proc = _run("scripts/extract_pruned_model.py", str(tmp_path / "ckpt" / "latest-rank0.pt"), str(tmp_path / "x"))
-    line = _one_error_line(proc)
+    proc = _run("scripts/extract_pruned_model.py", str(checkpoint), str(tmp_path / "x"))
+    assert proc.returncode == 0 and not marker.exists(), proc.stderr[-3000:]  # the record, not base_model/
+
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    record = saved["state"]["callbacks"].pop(RUN_RECORD_KEY)
+    older = tmp_path / "ckpt" / "older.pt"  # as written before checkpoints held a record
+    torch.save(saved, older)
+    line = _one_error_line(_run("scripts/extract_pruned_model.py", str(older), str(tmp_path / "y")))
     assert "base_model/ beside it" in line and "--trust-remote-code" in line and not marker.exists()
+
+    planted = tmp_path / "planted_record"  # the same payload, now inside the record of a checkpoint moved alone
+    planted.mkdir()
+    (planted / "config.json").write_text(json.dumps(record["hf_config"]))
+    plant_remote_code(planted, marker)
+    record["hf_config"] = json.loads((planted / "config.json").read_text())
+    record["code"]["modeling_evil.py"] = (planted / "modeling_evil.py").read_bytes()
+    saved["state"]["callbacks"][RUN_RECORD_KEY] = record
+    forged = tmp_path / "alone" / "forged.pt"
+    forged.parent.mkdir()
+    torch.save(saved, forged)
+    line = _one_error_line(_run("scripts/extract_pruned_model.py", str(forged), str(tmp_path / "z")))
+    assert "the base model stored in it" in line and "modeling_evil.py" in line and "--trust-remote-code" in line
+    assert not marker.exists()
+    _run("scripts/extract_pruned_model.py", str(forged), str(tmp_path / "z"), "--trust-remote-code")
+    assert marker.exists()  # opting in does run it: the refusal above is what kept it from running

@@ -13,6 +13,10 @@ reads), checked with onnxruntime against torch within 1e-4; ``--quantize int8`` 
 ``onnx/model_qint8_avx512_vnni.onnx``. The export is checked against the masked model before it is moved into
 OUT_DIR; an existing non-empty OUT_DIR is only replaced with --overwrite.
 
+The checkpoint file is enough, alone in any folder: it holds the run config and the base model's HF config and
+tokenizer (its run record). A checkpoint written before the record existed needs the ``config.yaml`` and
+``base_model/`` that training wrote beside it.
+
 Checkpoints are pickles. This tool loads them with ``torch.load(weights_only=True)`` and an allow-list of
 the few non-tensor types a Composer checkpoint holds, so a crafted file is refused before it can run
 code; Composer itself (``train.autoresume``, ``train.load_path``) unpickles fully, so resume only from
@@ -44,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", default=None, metavar="{" + ",".join(QUANTIZE_CHOICES) + "}",
                    help="with --onnx: also write the int8 dynamically quantized ONNX model")
     p.add_argument("--trust-remote-code", action="store_true",
-                   help="run modeling code from the run's base_model/ even when it is not this project's own")
+                   help="run the base model's modeling code stored in the checkpoint (or, for an older checkpoint, "
+                        "in the run's base_model/) even when it is not this project's own")
     return p
 
 
@@ -70,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
     out_dir = Path(os.path.abspath(args.out_dir))
     if "://" in args.checkpoint:
-        return _error(f"{args.checkpoint}: remote checkpoints are not read directly; copy the file (and the "
-                      "config.yaml and base_model/ beside it) to a local folder first")
+        return _error(f"{args.checkpoint}: remote checkpoints are not read directly; copy the file to a local "
+                      "folder first (it holds its run config and base model files; an older checkpoint also needs "
+                      "the config.yaml and base_model/ beside it)")
     ckpt = Path(args.checkpoint)
     if ckpt.is_dir():
         latest = ckpt / "latest-rank0.pt"

@@ -429,11 +429,14 @@ class ComposerBGEM3(ComposerModel):
         return info
 
 
-def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teacher: bool = True) -> ComposerBGEM3:
+def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teacher: bool = True,
+                base_info: dict[str, Any] | None = None) -> ComposerBGEM3:
     """Build ``ComposerBGEM3`` from a run config (``bge_pruning.config``).
 
     ``hf_model``/``tokenizer`` replace loading ``model.name_or_path`` (used to rebuild a checkpoint's
-    architecture from its saved config); ``with_teacher=False`` skips the distillation teacher.
+    architecture from its saved config); ``with_teacher=False`` skips the distillation teacher. ``base_info``
+    (``base_model``, ``pruning_info``, ``max_seq_length``, from a checkpoint's run record) replaces reading them
+    from ``model.name_or_path``, so a checkpoint rebuilds where that directory does not exist.
     """
     mcfg, lcfg = cfg.model, cfg.loss
     if with_teacher:
@@ -503,13 +506,16 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
             teacher_heads = _teacher_heads(lcfg, teacher_path, d)
         else:
             loss_cfg.update({k: 0.0 for k in TEACHER_LOSSES})
+    if base_info is None:
+        base_info = {"base_model": _base_model_of(mcfg.name_or_path), "pruning_info": _pruning_info(mcfg.name_or_path),
+                     "max_seq_length": st_max_seq_length(mcfg.name_or_path)}  # kept by the export (256 for MiniLM)
     model = ComposerBGEM3(backbone, tokenizer, pooling=mcfg.pooling, normalize=bool(mcfg.normalize),
                           sparse_head=heads["sparse"], colbert_head=heads["colbert"], l0_module=l0, teacher=teacher,
-                          loss_cfg=loss_cfg, base_model=_base_model_of(mcfg.name_or_path),
-                          prior_pruning=_pruning_info(mcfg.name_or_path), teacher_layers=teacher_layers,
+                          loss_cfg=loss_cfg, base_model=base_info["base_model"],
+                          prior_pruning=base_info["pruning_info"] or {}, teacher_layers=teacher_layers,
                           layer_map=layer_map, teacher_heads=teacher_heads)
     model.vocab_record = vocab_record
-    model.max_seq_length = st_max_seq_length(mcfg.name_or_path)  # kept by the export (256 for MiniLM)
+    model.max_seq_length = base_info["max_seq_length"]
     return model
 
 

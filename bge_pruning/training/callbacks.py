@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from composer import Callback, Logger, State
+from composer.callbacks import NaNMonitor
 from composer.loggers import LoggerDestination
 from composer.utils import dist
 
@@ -65,16 +66,27 @@ def latest_checkpoint(save_folder: str | None) -> Path | None:
     return link.resolve() if link.exists() else None
 
 
-class NonFiniteLossGuard(Callback):
+class NonFiniteLossGuard(NaNMonitor):
     """Stops training at the first non-finite loss or weight, naming the step and the last good checkpoint.
 
-    * after each backward pass: the loss parts must be finite; the error is raised before the optimizer
-      step, so the weights and every checkpoint written so far stay as they were;
+    Built on Composer's ``NaNMonitor``, which checks the loss for NaN after each forward pass (``after_loss``)
+    and raises a bare ``RuntimeError``. This guard adds:
+
+    * ``inf`` as well as NaN (``NaNMonitor`` looks at ``torch.isnan`` only, and an infinite loss gives NaN
+      weights one step later);
+    * the name and value of each non-finite loss part (``total``, ``cosent``, ...), the 1-based step, and advice
+      naming the last good checkpoint, as a ``NonFiniteLossError`` (a ``UserError``: one line, exit 2). The error
+      comes before the backward pass and the optimizer step, so the weights and every checkpoint written so far
+      stay as they were;
     * after each optimizer step (``batch_end``, which Composer runs before ``batch_checkpoint``): the weights
       must be finite, so an update that overflowed although the loss was finite never reaches a checkpoint.
+
+    Args:
+        save_folder: the run's ``train.save_folder``, where the advice looks for ``latest-rank0.pt``.
     """
 
     def __init__(self, save_folder: str | None = None) -> None:
+        super().__init__()
         self.save_folder = save_folder
 
     def _advice(self) -> str:
@@ -85,16 +97,28 @@ class NonFiniteLossGuard(Callback):
                 else "rerun (from the start: there is nothing to resume)")
         return f"{where}. Lower train.lr / train.l0_lr / train.lag_lr (or train in fp32), then {then}."
 
-    def after_backward(self, state: State, logger: Logger) -> None:
-        loss = state.loss
-        parts = loss.items() if isinstance(loss, dict) else [("total", loss)]
-        bad = {k: v.item() if v.numel() == 1 else "non-finite" for k, v in parts
+    @staticmethod
+    def _parts(loss: Any) -> list[tuple[str, Any]]:
+        """(name, tensor) of each loss part, for the loss types ``NaNMonitor`` accepts (tensor, sequence, dict)."""
+        if isinstance(loss, dict):
+            return list(loss.items())
+        if isinstance(loss, (list, tuple)):
+            return [(f"loss[{i}]", v) for i, v in enumerate(loss)]
+        return [("total", loss)]
+
+    def after_loss(self, state: State, logger: Logger) -> None:
+        try:
+            super().after_loss(state, logger)  # Composer's NaN check (and its check of the loss's type)
+            nan = False
+        except RuntimeError:
+            nan = True
+        bad = {k: v.item() if v.numel() == 1 else "non-finite" for k, v in self._parts(state.loss)
                if torch.is_tensor(v) and not torch.isfinite(v).all()}
-        if bad:
+        if bad or nan:  # NaNMonitor found a NaN, or an inf it does not look for
             step = int(state.timestamp.batch.value) + 1  # the step being computed (1-based)
-            shown = ", ".join(f"{k}={v}" for k, v in bad.items())
+            shown = ", ".join(f"{k}={v}" for k, v in bad.items()) or "nan"
             raise NonFiniteLossError(f"non-finite loss at step {step} ({shown}): training stopped before that "
-                                     f"step's update; {self._advice()}")
+                                     f"step's update; {self._advice()}") from None
 
     def batch_end(self, state: State, logger: Logger) -> None:
         params = [(n, p) for n, p in _model(state).named_parameters()]

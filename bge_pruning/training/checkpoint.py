@@ -1,8 +1,11 @@
 """Rebuild a ``ComposerBGEM3`` from a Composer checkpoint, offline.
 
-``train.py`` writes, beside the checkpoints in ``train.save_folder``: the resolved run config
-(``config.yaml``) and the base model's HF config, tokenizer and modeling code (``base_model/``, no
-weights). With those the architecture is rebuilt without the hub and the checkpoint's weights loaded.
+Every checkpoint holds a run record (the ``RunRecord`` callback's state, in ``state["callbacks"]``): the resolved
+run config and the base model's HF config, tokenizer files and modeling code (no weights). With it the
+architecture is rebuilt without the hub, the base model's directory or any file beside the checkpoint, and the
+checkpoint's weights loaded, so a checkpoint file moved alone still exports. ``train.py`` also writes the same
+things beside the checkpoints in ``train.save_folder`` (``config.yaml``, ``base_model/``), for people to read and
+for checkpoints written before the record existed, which are rebuilt from those files.
 """
 from __future__ import annotations
 
@@ -11,10 +14,12 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from composer import Callback
 from omegaconf import OmegaConf
 
 from ..errors import CheckpointError
@@ -42,8 +47,7 @@ def save_run_files(folder: Path, cfg: Any, model: ComposerBGEM3) -> None:
     else:
         OmegaConf.save(cfg, folder / RUN_CONFIG)
     base = folder / BASE_MODEL_DIR
-    model.backbone.config.save_pretrained(base)
-    model.tokenizer.save_pretrained(base)
+    _write_hf_files(base, model)
     # A pruned export as the base: keep its pruning_info.json beside the modeling file transformers copied,
     # so the rebuild recognises the project's own code (bge_pruning.trust) and needs no opt-in.
     source = Path(str(resolve_model_path(cfg.model.name_or_path)))
@@ -53,6 +57,112 @@ def save_run_files(folder: Path, cfg: Any, model: ComposerBGEM3) -> None:
         (base / VOCAB_RECORD).write_text(json.dumps(model.vocab_record))
     if model.max_seq_length:  # the sentence-transformers limit the export keeps
         (base / ST_CONFIG).write_text(json.dumps({"max_seq_length": model.max_seq_length}))
+
+
+def _write_hf_files(base: Path, model: ComposerBGEM3) -> None:
+    """The base model's HF config (with any modeling code transformers copies beside it) and tokenizer files."""
+    model.backbone.config.save_pretrained(base)
+    model.tokenizer.save_pretrained(base)
+
+
+RECORD_FORMAT = 1
+_OPTIONAL_DICT = (dict, type(None))
+_RECORD_TYPES = {"format": int, "config": str, "earlier_configs": list, "hf_config": dict, "tokenizer": dict,
+                 "code": dict, "base_model": str, "pruning_info": _OPTIONAL_DICT, "vocab_record": _OPTIONAL_DICT,
+                 "max_seq_length": (int, type(None))}
+
+
+def build_run_record(cfg: Any, model: ComposerBGEM3) -> dict[str, Any]:
+    """What rebuilding ``model`` from a checkpoint needs besides the weights, as plain data.
+
+    Only types ``torch.load(weights_only=True)`` reads (str, bytes, int, dict, list, None), so the record does not
+    widen what ``read_checkpoint`` allows. Keys:
+
+    * ``config``: the resolved run config (YAML) of the process that wrote the checkpoint; ``earlier_configs``:
+      those of the processes before it when the run was resumed, oldest first (what ``config.yaml`` and
+      ``config.restart-N.yaml`` hold beside the checkpoints);
+    * ``hf_config``: the base model's ``config.json`` (trimmed when ``model.vocab`` trimmed the vocabulary);
+    * ``tokenizer``: the bytes of each file ``tokenizer.save_pretrained`` writes (``tokenizer.json``, ...);
+    * ``code``: the Python files transformers copies beside a config with an ``auto_map`` (a pruned export's
+      ``modeling_pruned.py``, or code the user trusted with ``model.trust_remote_code``). Stored, never run on
+      load unless ``bge_pruning.trust`` allows it: the project's own file, or ``--trust-remote-code``;
+    * ``base_model``, ``pruning_info`` (a pruned export as the base), ``vocab_record``, ``max_seq_length``: what
+      the export reports and keeps, otherwise read from the base model's directory.
+
+    Args:
+        cfg: the run config (``bge_pruning.config.load_config``).
+        model: the model built from it (``build_model``).
+    """
+    with tempfile.TemporaryDirectory(prefix="bge_pruning_record_") as tmp:
+        base = Path(tmp)
+        _write_hf_files(base, model)
+        files = {p.name: p.read_bytes() for p in sorted(base.iterdir()) if p.is_file()}
+    hf_config = json.loads(files.pop("config.json"))
+    code = {name: files.pop(name) for name in list(files) if name.endswith(".py")}
+    return {"format": RECORD_FORMAT, "config": OmegaConf.to_yaml(cfg), "earlier_configs": [],
+            "hf_config": hf_config, "tokenizer": files, "code": code, "base_model": str(model.base_model),
+            "pruning_info": dict(model.prior_pruning) or None, "vocab_record": model.vocab_record,
+            "max_seq_length": model.max_seq_length}
+
+
+class RunRecord(Callback):
+    """Stores the run record (``build_run_record``) in every checkpoint, so the checkpoint alone rebuilds the model.
+
+    Composer saves each callback's ``state_dict()`` in the checkpoint under ``state["callbacks"]["RunRecord"]``
+    and hands it back to ``load_state_dict`` when a run resumes from it. ``load_composer_model`` reads it.
+
+    Args:
+        record: this process's record, from ``build_run_record``.
+    """
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        self.record = record
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.record
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Resumed: the checkpoints this process writes keep the earlier processes' configs, oldest first (the
+        # record's config.restart-N.yaml); the rest is rebuilt by this process from the same base model.
+        earlier = list(state.get("earlier_configs") or [])
+        if isinstance(state.get("config"), str):
+            earlier.append(state["config"])
+        self.record = {**self.record, "earlier_configs": earlier}
+
+
+RUN_RECORD_KEY = RunRecord.__qualname__  # Composer's key for a callback's state
+
+
+def run_record_of(saved_state: dict[str, Any], checkpoint: Path) -> dict[str, Any] | None:
+    """The run record in a checkpoint's ``state``, or None for a checkpoint written before records existed."""
+    callbacks = saved_state.get("callbacks")
+    record = callbacks.get(RUN_RECORD_KEY) if isinstance(callbacks, dict) else None
+    if record is None:
+        return None
+    if not isinstance(record, dict):
+        found = f"a {type(record).__name__}, not a dict"
+    elif problems := [k for k, t in _RECORD_TYPES.items() if not isinstance(record.get(k), t)]:
+        found = f"bad or missing {problems}"
+    elif record["format"] != RECORD_FORMAT:
+        found = f"format {record['format']}, this version reads {RECORD_FORMAT}"
+    elif bad := [name for files in (record["tokenizer"], record["code"]) for name, data in files.items()
+                 if not (isinstance(name, str) and name == Path(name).name and not name.startswith(".")
+                         and isinstance(data, bytes))]:
+        found = f"the stored file {bad[0]!r} is not a plain file name with bytes"
+    else:
+        return record
+    raise CheckpointError(f"{checkpoint}: its run record ({RUN_RECORD_KEY}) is malformed ({found}); it was not "
+                          "written by this version of bge_pruning")
+
+
+def _write_record_base(record: dict[str, Any], base: Path) -> None:
+    """The record's base model files in ``base``, laid out as ``base_model/`` beside a checkpoint would be."""
+    (base / "config.json").write_text(json.dumps(record["hf_config"]))
+    for name, data in {**record["tokenizer"], **record["code"]}.items():
+        (base / name).write_bytes(data)
+    if MODELING_FILE in record["code"] and record["pruning_info"] is not None:
+        # As save_run_files: with it, bge_pruning.trust recognises the project's own modeling file.
+        (base / PRUNING_INFO_FILE).write_text(json.dumps(record["pruning_info"]))
 
 
 def checkpoint_safe_globals() -> list[Any]:
@@ -96,29 +206,53 @@ def _find_run_folder(checkpoint: Path) -> Path:
     for folder in (checkpoint.parent, checkpoint.parent.parent):
         if (folder / RUN_CONFIG).is_file():
             return folder
-    raise CheckpointError(f"{checkpoint}: no {RUN_CONFIG} beside it; was it written by train.py?")
+    raise CheckpointError(f"{checkpoint}: it holds no run record and has no {RUN_CONFIG} beside it; was it written "
+                          "by train.py?")
 
 
 def load_composer_model(path: str | Path, trust_remote_code: bool = False) -> ComposerBGEM3:
-    """The model of a Composer checkpoint (``ep*-ba*-rank0.pt`` / ``latest-rank0.pt``) as it was trained."""
+    """The model of a Composer checkpoint (``ep*-ba*-rank0.pt`` / ``latest-rank0.pt``) as it was trained.
+
+    The architecture comes from the checkpoint's run record (``RunRecord``), so the file may be alone in its
+    folder; a checkpoint without one (written before records existed) needs ``config.yaml`` and ``base_model/``
+    beside it or one folder up, as ``train.py`` writes them. Modeling code, from either, runs only when
+    ``bge_pruning.trust`` allows it (this project's own ``modeling_pruned.py``) or ``trust_remote_code`` is set.
+
+    Args:
+        path: the checkpoint file.
+        trust_remote_code: run the base model's stored modeling code even when it is not this project's own.
+    """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     checkpoint = Path(path)
     if not checkpoint.is_file():
         raise CheckpointError(f"checkpoint not found: {checkpoint}")
     saved = read_checkpoint(checkpoint)["state"]  # a crafted file is refused before anything else is read
-    folder = _find_run_folder(checkpoint.resolve())
-    cfg = OmegaConf.load(folder / RUN_CONFIG)
-    base = folder / BASE_MODEL_DIR
-    trust = resolve_trust(str(base), trust_remote_code, f"{checkpoint} ({BASE_MODEL_DIR}/ beside it)",
-                          "pass --trust-remote-code")
-    hf_config = AutoConfig.from_pretrained(base, trust_remote_code=trust)
-    hf_model = AutoModel.from_config(hf_config, trust_remote_code=trust)
-    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust)
-    model = build_model(cfg, hf_model=hf_model, tokenizer=tokenizer, with_teacher=False)
-    if (base / VOCAB_RECORD).is_file():
-        model.vocab_record = json.loads((base / VOCAB_RECORD).read_text())
-    model.max_seq_length = st_max_seq_length(str(base))
+    record = run_record_of(saved, checkpoint)
+    with tempfile.TemporaryDirectory(prefix="bge_pruning_record_") as tmp:
+        if record is not None:
+            cfg = OmegaConf.create(record["config"])
+            base = Path(tmp)
+            _write_record_base(record, base)
+            where = f"{checkpoint} (the base model stored in it)"
+            base_info = {k: record[k] for k in ("base_model", "pruning_info", "max_seq_length")}
+        else:
+            folder = _find_run_folder(checkpoint.resolve())
+            cfg = OmegaConf.load(folder / RUN_CONFIG)
+            base = folder / BASE_MODEL_DIR
+            where = f"{checkpoint} ({BASE_MODEL_DIR}/ beside it)"
+            base_info = None
+        trust = resolve_trust(str(base), trust_remote_code, where, "pass --trust-remote-code")
+        hf_config = AutoConfig.from_pretrained(base, trust_remote_code=trust)
+        hf_model = AutoModel.from_config(hf_config, trust_remote_code=trust)
+        tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trust)
+        model = build_model(cfg, hf_model=hf_model, tokenizer=tokenizer, with_teacher=False, base_info=base_info)
+        if record is not None:
+            model.vocab_record = record["vocab_record"]
+        else:
+            if (base / VOCAB_RECORD).is_file():
+                model.vocab_record = json.loads((base / VOCAB_RECORD).read_text())
+            model.max_seq_length = st_max_seq_length(str(base))
     try:
         state = saved["model"]
     except (KeyError, TypeError) as e:

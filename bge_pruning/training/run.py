@@ -29,7 +29,14 @@ from .callbacks import (
     TrainingOutOfMemoryError,
     latest_checkpoint,
 )
-from .checkpoint import CheckpointError, check_save_folder, lock_run_folder, save_run_files
+from .checkpoint import (
+    CheckpointError,
+    RunRecord,
+    build_run_record,
+    check_save_folder,
+    lock_run_folder,
+    save_run_files,
+)
 from .optim import build_optimizer, build_scheduler
 from .report import before_after, sts_of_export, sts_of_model
 
@@ -257,8 +264,9 @@ def build_trainer(cfg: Any, model: ComposerBGEM3 | None = None) -> tuple[Trainer
         num_batches=max_batches * dist.get_world_size() if max_batches else None)
     evaluators = build_evaluators(cfg, model.tokenizer)
     save_folder = fill_run_name(tcfg.save_folder, cfg.run_name)
+    # RunRecord: every checkpoint carries its config, base HF config and tokenizer, so the file alone rebuilds
     callbacks = [PruningCallback(save_folder=save_folder), NonFiniteLossGuard(save_folder=save_folder),
-                 CompleteOptimizerState()]
+                 CompleteOptimizerState(), RunRecord(build_run_record(cfg, model))]
     loggers = build_loggers(cfg)
     callbacks += build_monitors(cfg)
     fsdp = check_parallelism(cfg)
