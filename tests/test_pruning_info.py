@@ -182,5 +182,10 @@ def test_sentence_transformers_files_are_what_sentence_transformers_writes(tmp_p
 
     st = SentenceTransformer(str(out), device="cpu")
     assert st.max_seq_length == 256  # the base's limit, not the position embeddings' 512
+    # This project's readers of the layout (evaluation, vocabulary trim, finetune of an export) see the same.
+    from bge_pruning.evaluation.encoder import read_st_layout
+    from bge_pruning.models.loading import st_max_seq_length
+
+    assert read_st_layout(out) == ("mean", True, 256, False) and st_max_seq_length(str(out)) == 256
     card = (out / "README.md").read_text()
     assert "- bge-pruning" in card and "Details (kept heads per layer" in card  # ours, not sentence-transformers'

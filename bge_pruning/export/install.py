@@ -8,6 +8,9 @@ export's leftovers from a live one's. Replacing an existing export swaps the two
 that call is missing (other systems, some filesystems) the old export is renamed aside
 (``.NAME.old-XXXX``) and the new one renamed in; ``recover_leftovers`` restores the old one if a kill
 came between the two.
+
+Before any work, ``check_target`` refuses a target whose replacement could lose data (a symlink, a file, a
+non-empty directory without ``overwrite``, one that is not a model directory, the working or home directory).
 """
 from __future__ import annotations
 

@@ -158,6 +158,7 @@ def export_dtype_name(dtype: Any) -> str:
 
 
 def check_arguments(backbone, tokenizer, pooling, sparse_head, colbert_head, atol) -> None:
+    """``ExportError`` for an argument the export cannot use (checked before anything is computed)."""
     for attr in ("prune_params", "shape", "encoder", "config"):
         if not hasattr(backbone, attr):
             raise ExportError(f"backbone must be a MaskedBGEM3Backbone (no attribute {attr!r})")
@@ -185,6 +186,8 @@ def check_arguments(backbone, tokenizer, pooling, sparse_head, colbert_head, ato
 
 
 def jsonable(obj: Any, where: str) -> Any:
+    """``obj`` as plain JSON (tensors, paths, numpy scalars, ``to_dict`` objects converted); ``ExportError`` naming
+    ``where`` for anything else."""
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     if isinstance(obj, Mapping):
@@ -208,6 +211,7 @@ def _max_tokens(backbone) -> int:
 
 
 def probe_batch(tokenizer, backbone, texts: list[str]) -> dict[str, torch.Tensor]:
+    """``texts`` tokenized (padded, at most 128 tokens) on the backbone's device: the input of every check."""
     if not texts or not all(isinstance(t, str) and t for t in texts):
         raise ExportError("probe_texts must be a non-empty list of non-empty strings")
     batch = tokenizer(texts, padding=True, truncation=True, max_length=_max_tokens(backbone), return_tensors="pt")
@@ -232,6 +236,7 @@ def forward_masked(backbone, probe: Mapping[str, torch.Tensor], masks: Masks | N
 
 # ====================================================================== config and weights
 def choose_layout(pruned, vanilla: bool) -> dict[str, Any]:
+    """Stock classes when they fit the pruned shape (or ``vanilla`` pads it to one), else ``modeling_pruned``'s."""
     shape = pruned.shape
     cfg = pruned.config
     if shape.hidden_size % shape.head_dim:
@@ -301,6 +306,8 @@ def _pad(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
 
 
 def build_config(pruned, shape: EncoderShape, layout: Mapping[str, Any], dtype: torch.dtype = torch.float32):
+    """The transformers config of the export: the source's settings with the exported shape, and for the custom
+    layout the per-layer widths and ``auto_map``."""
     base = pruned.config
     values = base.to_dict() if hasattr(base, "to_dict") else dict(vars(base))
     for key in _CONFIG_DROP:
