@@ -31,7 +31,7 @@ from omegaconf import errors as oc_errors
 
 from .errors import ConfigError
 
-# The dtypes an export can be saved in (bge_pruning.export.hf_export.EXPORT_DTYPES, kept light here so a bad
+# The dtypes an export can be saved in (bge_pruning.export.plan.EXPORT_DTYPES, kept light here so a bad
 # value is refused before torch or any model loads).
 EXPORT_DTYPES = ("float32", "float16", "bfloat16")
 # Composer precisions this project trains in (composer.core.Precision without amp_fp8, which needs

@@ -39,6 +39,10 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint or checkpoint folder cannot be used (missing, refused, not this run's, not local)."""
 
 
+class MaskError(UserError, ValueError):
+    """Pruning masks that do not fit the model (``models.masks.validate_masks``); the message names the mask key."""
+
+
 class ExportError(UserError, RuntimeError):
     """An export could not be written or failed a check; the message says which check and why.
 
@@ -72,5 +76,5 @@ class VocabError(UserError, ValueError):
 
 
 __all__ = ["UserError", "ConfigError", "DataError", "ModelLoadError", "ModelDirError", "RemoteCodeError",
-           "CheckpointError", "ExportError", "NonFiniteLossError", "TrainingOutOfMemoryError", "PlotError",
+           "CheckpointError", "MaskError", "ExportError", "NonFiniteLossError", "TrainingOutOfMemoryError", "PlotError",
            "BenchmarkError", "SpecError", "VocabError"]

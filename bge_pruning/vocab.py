@@ -421,6 +421,7 @@ def prune_vocabulary(model: str, out_dir: str | Path, corpus: Sequence[str], *, 
     from .models.heads import COLBERT_FILE, SPARSE_FILE, ColbertHead, SparseHead
     from .models.loading import load_hf_model, load_linear_state
     from .models.masked_encoder import MaskedBGEM3Backbone
+    from .pruning_info import PruningInfo
 
     if not corpus:
         raise VocabError("--corpus: give at least one corpus")
@@ -436,11 +437,12 @@ def prune_vocabulary(model: str, out_dir: str | Path, corpus: Sequence[str], *, 
                                 opt_in="pass --trust-remote-code")
     base = MaskedBGEM3Backbone.from_hf_model(hf_model)  # load_hf_model checked the tokenizer against it
     del hf_model
-    info_file = model_dir / "pruning_info.json"
-    prior = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    prior = PruningInfo.load(model_dir)
     pooling, normalize, max_seq_length, _ = read_st_layout(model_dir)
-    pooling = pooling or prior.get("pooling") or "cls"
-    normalize = bool(prior.get("normalize", True) if normalize is None else normalize)
+    pooling = pooling or (prior and prior.pooling) or "cls"
+    if normalize is None:
+        normalize = True if prior is None or prior.normalize is None else prior.normalize
+    normalize = bool(normalize)
     heads: dict[str, nn.Module | None] = {"sparse": None, "colbert": None}
     for name, filename in (("sparse", SPARSE_FILE), ("colbert", COLBERT_FILE)):
         file = model_dir / filename
@@ -457,16 +459,16 @@ def prune_vocabulary(model: str, out_dir: str | Path, corpus: Sequence[str], *, 
     if eval_texts:
         record["coverage"]["eval"] = {"sources": list(eval_corpus),
                                       **coverage(tokenizer, new_tokenizer, eval_texts, plan.kept_ids)}
-    info: dict[str, Any] = {"base_model": prior.get("base_model") or model, "vocabulary": record}
-    if prior:
-        info["pruned_by"] = {k: prior[k] for k in ("base_shape", "target_shape", "kept_layers", "kept_heads",
-                                                    "params", "training_steps", "vocabulary") if k in prior}
-        if isinstance(prior.get("vocabulary"), dict):
+    info: dict[str, Any] = {"base_model": (prior and prior.base_model) or model, "vocabulary": record}
+    if prior is not None:
+        info["pruned_by"] = prior.pick("base_shape", "target_shape", "kept_layers", "kept_heads", "params",
+                                       "training_steps", "vocabulary")
+        if isinstance(prior.vocabulary, dict):
             # Trimming a trimmed model: its kept ids are ids of the earlier vocabulary; record base ids.
-            earlier = prior["vocabulary"].get("kept_base_ids")
+            earlier = prior.vocabulary.get("kept_base_ids")
             if earlier:
                 record["kept_base_ids"] = [earlier[i] for i in plan.kept_ids]
-                record["base_size"] = prior["vocabulary"].get("base_size", record["base_size"])
+                record["base_size"] = prior.vocabulary.get("base_size", record["base_size"])
     out = export_pruned_model(base, out_dir, new_tokenizer, None, pooling=pooling, normalize=normalize,
                               sparse_head=heads["sparse"], colbert_head=heads["colbert"], overwrite=overwrite,
                               info=info, max_seq_length=max_seq_length)

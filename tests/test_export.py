@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from bge_pruning.export import ExportError, export_composer_model, export_pruned_model, hf_export
+from bge_pruning.export import plan as export_plan
+from bge_pruning.export import write as export_write
 from bge_pruning.models.heads import (
     COLBERT_FILE,
     SPARSE_FILE,
@@ -174,8 +176,8 @@ def test_minilm_export_reloads_equal(minilm, minilm_exports, vanilla, capsys):
     modules = json.loads((path / "modules.json").read_text())
     assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Normalize"]
     pool_cfg = json.loads((path / "1_Pooling" / "config.json").read_text())
-    assert pool_cfg["pooling_mode_mean_tokens"] is True and pool_cfg["pooling_mode_cls_token"] is False
-    assert pool_cfg["word_embedding_dimension"] == 384
+    # sentence-transformers 6's Pooling config (written by its own save): one "pooling_mode" string.
+    assert pool_cfg["pooling_mode"] == "mean" and pool_cfg["embedding_dimension"] == 384
     assert (path / "2_Normalize").is_dir()
 
 
@@ -407,7 +409,7 @@ def test_modeling_mismatch_fails_reload_check_and_leaves_nothing(tiny, tmp_path,
     source = hf_export.modeling_source()
     needle = "sa.scaling = head_size ** -0.5"
     assert needle in source
-    monkeypatch.setattr(hf_export, "modeling_source", lambda: source.replace(needle, "sa.scaling = 1.0"))
+    monkeypatch.setattr(export_write, "modeling_source", lambda: source.replace(needle, "sa.scaling = 1.0"))
     with pytest.raises(ExportError, match=r"reload check.*max abs diff on real tokens is \d\.\d+e[+-]\d+, above atol"):
         export_pruned_model(backbone, tmp_path / "new" / "out", tokenizer, _tiny_zs(), sparse_head=sparse,
                             colbert_head=colbert)
@@ -416,14 +418,14 @@ def test_modeling_mismatch_fails_reload_check_and_leaves_nothing(tiny, tmp_path,
 
 def test_missing_weight_fails_reload_check(tiny, tmp_path, monkeypatch):
     backbone, tokenizer, _, _ = tiny
-    real = hf_export._export_state_dict
+    real = export_plan.export_state_dict
 
     def drop_one(pruned, vanilla):
         state, shape = real(pruned, vanilla)
         state.pop("encoder.layer.0.output.dense.weight")
         return state, shape
 
-    monkeypatch.setattr(hf_export, "_export_state_dict", drop_one)
+    monkeypatch.setattr(export_plan, "export_state_dict", drop_one)
     target = tmp_path / "out"
     target.mkdir()  # an existing empty target stays as it was
     missing = r"missing_keys=\['encoder\.layer\.0\.output\.dense\.weight'\]"

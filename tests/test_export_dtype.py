@@ -24,7 +24,8 @@ from test_reliability import error_line, run_main, snapshot, write_config
 
 from bge_pruning.config import EXPORT_DTYPES as CONFIG_DTYPES
 from bge_pruning.config import load_config
-from bge_pruning.export import ExportError, export_pruned_model, hf_export
+from bge_pruning.export import ExportError, export_pruned_model
+from bge_pruning.export import plan as export_plan
 from bge_pruning.export.hf_export import DEFAULT_ATOL, EXPORT_DTYPES
 from bge_pruning.models.heads import COLBERT_FILE, SPARSE_FILE, dense_embedding, lexical_weights, special_token_ids
 
@@ -133,7 +134,7 @@ def test_minilm_half_reloads_within_tolerance(minilm, minilm_by_dtype, dtype):
 def test_half_tolerance_catches_a_wrong_layer(tiny, tmp_path, monkeypatch):
     """The loosest tolerance (bfloat16) still fails an export whose layer 1 holds layer 0's weights."""
     backbone, tokenizer, sparse, colbert = tiny
-    real = hf_export._export_state_dict
+    real = export_plan.export_state_dict
 
     def wrong_layer(pruned, vanilla):
         state, shape = real(pruned, vanilla)
@@ -141,7 +142,7 @@ def test_half_tolerance_catches_a_wrong_layer(tiny, tmp_path, monkeypatch):
             state[key] = state[key.replace("encoder.layer.1.", "encoder.layer.0.")].clone()
         return state, shape
 
-    monkeypatch.setattr(hf_export, "_export_state_dict", wrong_layer)
+    monkeypatch.setattr(export_plan, "export_state_dict", wrong_layer)
     # vanilla: every layer has the full width, so layer 0's weights fit layer 1 and only the values are wrong.
     with pytest.raises(ExportError, match=r"reload check \(AutoModel last_hidden_state \(bfloat16\) vs the float32 "
                                           r"masked backbone\): max abs diff on real tokens is .*above atol=2\.0e-01"):

@@ -66,11 +66,11 @@ def test_pruned_equals_masked(minilm, case):
 def test_prune_rejects_soft_layer_values_and_bad_shapes(minilm):
     base, _ = minilm
     model = copy.deepcopy(base)
-    with pytest.raises(ValueError, match="layer_z must be 0 or 1"):
+    with pytest.raises(ValueError, match=r"zs\['layer_z'\] must be 0 or 1"):
         model.prune_params({"layer_z": torch.tensor([1, 0.7, 1, 1, 1, 1.0])})
-    with pytest.raises(ValueError, match=r"head_z\[0\] has 11 entries, layer 0 has 12"):
+    with pytest.raises(ValueError, match=r"zs\['head_z'\]\[0\] has 11 entries, layer 0 has 12 heads"):
         model.prune_params({"head_z": [torch.ones(11)] + [torch.ones(12)] * 5})
-    with pytest.raises(ValueError, match="intermediate_z has 5 rows"):
+    with pytest.raises(ValueError, match=r"zs\['intermediate_z'\] has 5 rows, the backbone has 6 layers"):
         model.prune_params({"intermediate_z": torch.ones(5, 1536)})
     # Nothing was modified by the rejected calls.
     assert model.shape == base.shape

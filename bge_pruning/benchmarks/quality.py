@@ -49,6 +49,7 @@ from typing import Any
 
 from ..baselines import LAYER_RULES
 from ..errors import BenchmarkError, UserError
+from ..pruning_info import PruningInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
@@ -545,11 +546,11 @@ def run_one(args, model: BaseModel, name: str, method: str, target: int, rule: s
         train_seconds += float(summary["train_seconds"])
 
     model_dir = final_dir / "model"
-    info = json.loads((model_dir / "pruning_info.json").read_text())
-    params = info["params"]["exported"]
-    shape_note = shape_label(info["achieved_shape"])
+    info = PruningInfo.load(model_dir)
+    params = info.exported_params
+    shape_note = shape_label(info.achieved_shape)
     if method in ("l0", "l0_global"):
-        kept_layers = json.loads((out_dir / f"{tag}_prune" / "model" / "pruning_info.json").read_text())["kept_layers"]
+        kept_layers = PruningInfo.load(out_dir / f"{tag}_prune" / "model").kept_layers
     if kept_layers is not None and len(kept_layers) < base_shape.n_layers:
         shape_note += f" (layers {','.join(map(str, kept_layers))})"
     return {"name": name, "method": method, "target": target, "layer_rule": rule, "seed": seed,

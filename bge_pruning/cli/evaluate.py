@@ -95,8 +95,7 @@ PARAMS: dict[str, dict[str, int] | None] = {}
 def _param_counts(model) -> dict[str, int] | None:
     """``{"total", "encoder_layers"}`` from ``bge_pruning.shapes`` (the one source of counts) for a torch model;
     for an ONNX graph, the export's ``pruning_info.json`` counts; None when neither is available."""
-    import json as _json
-
+    from bge_pruning.pruning_info import PruningInfo
     from bge_pruning.shapes import EncoderShape, count_params
 
     net = model.model
@@ -105,9 +104,9 @@ def _param_counts(model) -> dict[str, int] | None:
         counts = count_params(shape)
         return {"total": int(counts.total), "encoder_layers": int(counts.encoder_layers)}
     except (AttributeError, TypeError, ValueError):
-        info = (model.path / "pruning_info.json") if model.path is not None else None
-        if info is not None and info.is_file():
-            exported = _json.loads(info.read_text()).get("params", {}).get("exported", {})
+        info = PruningInfo.load(model.path) if model.path is not None else None
+        if info is not None:
+            exported = info.exported_params
             if "total" in exported:
                 return {"total": int(exported["total"]), "encoder_layers": int(exported["encoder_layers"])}
     return None

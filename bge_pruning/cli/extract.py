@@ -113,21 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as exc:
         return _error(f"export failed, {out_dir} was not changed: {exc}", 1)
 
-    import json
+    from bge_pruning.pruning_info import PruningInfo
 
-    info = json.loads((path / "pruning_info.json").read_text())
-    shape, params = info["achieved_shape"], info["params"]
+    info = PruningInfo.load(path)
+    shape, params, export = info.achieved_shape, info.params, info.export
     print(f"exported {args.checkpoint} -> {path}")
-    print(f"  layers kept: {info['kept_layers']}  heads per layer: {shape['heads_per_layer']}  "
+    print(f"  layers kept: {info.kept_layers}  heads per layer: {shape['heads_per_layer']}  "
           f"intermediate per layer: {shape['intermediate_per_layer']}")
     print(f"  parameters: {params['before']['total']:,} -> {params['after']['total']:,} "
           f"(encoder layers {params['before']['encoder_layers']:,} -> {params['after']['encoder_layers']:,})"
-          + (f", {info['export']['padded_params']:,} zero padding" if info["export"]["padded_params"] else ""))
-    print(f"  class: {info['export']['class']}  trust_remote_code: {info['export']['trust_remote_code']}  "
-          f"max abs diff vs masked model: {info['verification']['max_abs_diff']:.2e}"
-          + (f" (saved in {args.dtype}, atol {info['verification']['atol']:.1e})" if args.dtype != "float32" else ""))
-    if "onnx" in info:
-        onnx = info["onnx"]
+          + (f", {export['padded_params']:,} zero padding" if export["padded_params"] else ""))
+    print(f"  class: {export['class']}  trust_remote_code: {export['trust_remote_code']}  "
+          f"max abs diff vs masked model: {info.verification['max_abs_diff']:.2e}"
+          + (f" (saved in {args.dtype}, atol {info.verification['atol']:.1e})" if args.dtype != "float32" else ""))
+    if info.onnx is not None:
+        onnx = info.onnx
         print(f"  onnx: {onnx['file']} ({onnx['size_bytes'] / 2**20:.1f} MiB), max abs diff vs torch "
               f"{onnx['max_abs_diff']:.2e}")
         for kind, q in onnx["quantized"].items():

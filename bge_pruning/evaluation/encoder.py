@@ -75,10 +75,20 @@ def read_st_layout(model_dir: Path) -> tuple[str | None, bool | None, int | None
         sbert = _read_json(sbert_path)
         max_seq_length = sbert.get("max_seq_length")
         do_lower_case = bool(sbert.get("do_lower_case", False))
+        if max_seq_length is None and "modality_config" in sbert:
+            # sentence-transformers 6 keeps the limit as the tokenizer's model_max_length.
+            tok_path = model_dir / "tokenizer_config.json"
+            limit = _read_json(tok_path).get("model_max_length") if tok_path.is_file() else None
+            max_seq_length = limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None
     return pooling, normalize, max_seq_length, do_lower_case
 
 
 def _pooling_mode(path: Path, cfg: dict) -> str:
+    if "pooling_mode" in cfg:  # sentence-transformers 6: one string instead of the pooling_mode_* flags
+        mode = cfg["pooling_mode"]
+        if mode not in ("cls", "mean"):
+            raise ModelDirError(f"{path}: pooling_mode must be 'cls' or 'mean', got {mode!r}")
+        return mode
     cls_ = bool(cfg.get("pooling_mode_cls_token", False))
     mean = bool(cfg.get("pooling_mode_mean_tokens", False))
     others = [k for k in UNSUPPORTED_POOLING if cfg.get(k)]

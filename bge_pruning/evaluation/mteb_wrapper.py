@@ -41,17 +41,16 @@ def model_identity(spec: str, model_dir: str | Path) -> tuple[str, str]:
     embedded MiniLM its Hub id, a hub id itself, any other directory ``local/<name>``; the revision is the
     first 12 hex digits of the weights' sha256 (``local`` when there is no weights file)."""
     import hashlib
-    import json
 
     from bge_pruning.export.model_card import EMBEDDED_HUB_IDS, hub_id
+    from bge_pruning.pruning_info import PruningInfo
 
     model_dir = Path(model_dir)
-    info_file = model_dir / "pruning_info.json"
-    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    if isinstance(info, dict) and info.get("params"):
-        base = info.get("base_model_hub_id") or hub_id(info.get("base_model")) or str(info.get("base_model") or "")
+    info = PruningInfo.load(model_dir)
+    if info is not None and info.params:
+        base = info.base_model_hub_id or hub_id(info.base_model) or str(info.base_model or "")
         base_name = _safe(Path(base).name or "model")
-        name = f"bge_pruning/{base_name}-pruned-{info['params']['after']['total'] / 1e6:.1f}M"
+        name = f"bge_pruning/{base_name}-pruned-{info.params['after']['total'] / 1e6:.1f}M"
     elif spec in EMBEDDED_HUB_IDS:
         name = EMBEDDED_HUB_IDS[spec]
     elif hub_id(spec) and not Path(spec).exists():

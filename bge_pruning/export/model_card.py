@@ -124,21 +124,34 @@ def render(info: Mapping[str, Any], source_dir: Path | None) -> str:
     return "\n".join(lines)
 
 
+def source_dir(base_model: str | None) -> Path | None:
+    """The base model's local directory (for the license its card states), or None."""
+    from ..models.loading import ModelLoadError, resolve_model_path
+
+    if not base_model:
+        return None
+    try:
+        path = Path(resolve_model_path(str(base_model)))
+    except ModelLoadError:
+        return None
+    return path if path.is_dir() else None
+
+
 def record_evaluation(export_dir: str | Path, rows: list[Mapping[str, Any]], source: str) -> None:
     """Add evaluation figures (``{"task", "metric", "base", "pruned"}`` rows, x100) to an export's
     ``pruning_info.json`` (``evaluation``) and re-render its model card. Each file is replaced atomically (written
     beside it, then renamed), so a reader never sees half a file."""
-    import json
     import os
 
-    from .hf_export import _source_dir  # the base's own card, whose license the card carries over
+    from ..pruning_info import PRUNING_INFO_FILE, PruningInfo
 
     export_dir = Path(export_dir)
-    info_path = export_dir / "pruning_info.json"
-    info = json.loads(info_path.read_text())
-    info["evaluation"] = {"source": source, "rows": [dict(r) for r in rows]}
-    for path, text in ((info_path, json.dumps(info, indent=2) + "\n"),
-                       (export_dir / "README.md", render(info, _source_dir(info.get("base_model"))))):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+    info = PruningInfo.load(export_dir)
+    if info is None:
+        raise FileNotFoundError(f"{export_dir / PRUNING_INFO_FILE}: not an export of this project")
+    info.evaluation = {"source": source, "rows": [dict(r) for r in rows]}
+    info.write(export_dir)
+    card = export_dir / "README.md"
+    tmp = card.with_name(f".{card.name}.tmp")
+    tmp.write_text(render(info.to_json(), source_dir(info.base_model)), encoding="utf-8")
+    os.replace(tmp, card)

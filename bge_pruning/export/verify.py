@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
+from ..shapes import EncoderShape
 
 
 def max_abs_diff_on_tokens(a: torch.Tensor, b: torch.Tensor, attention_mask: torch.Tensor) -> float:
@@ -73,3 +74,40 @@ def check_head_file(path: Path, head: nn.Module, name: str, dtype: str | torch.d
 
 def count_module_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def verify_reload(tmp: Path, layout: Mapping[str, Any], probe: Mapping[str, torch.Tensor], reference: torch.Tensor,
+                  dtype: torch.dtype, device: torch.device, exported_shape: EncoderShape,
+                  atol: float) -> tuple[float, int]:
+    """Reload ``tmp`` with ``AutoModel`` (in the saved ``dtype``) and check it: no missing / unexpected /
+    mismatched keys, the class the layout names, the shape the export has, and ``last_hidden_state`` within
+    ``atol`` of ``reference`` (the masked float32 backbone's) on the real tokens of ``probe``. Returns the largest
+    difference and the reloaded model's parameter count."""
+    from transformers import AutoModel
+
+    try:
+        model, loading = AutoModel.from_pretrained(str(tmp), output_loading_info=True,
+                                                   trust_remote_code=layout["custom"], dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - any failure to load is a failed check
+        raise ExportError(f"reload check failed: AutoModel.from_pretrained could not load the export "
+                          f"({type(exc).__name__}: {exc})") from exc
+    try:
+        check_loading_info(loading, "the export")
+        if type(model).__name__ != layout["model_class"]:
+            raise ExportError(f"reload check failed: AutoModel built {type(model).__name__}, "
+                              f"expected {layout['model_class']}")
+        has_pooler = getattr(model, "pooler", None) is not None
+        reloaded_shape = EncoderShape.from_hf_config(model.config, has_pooler=has_pooler)
+        if reloaded_shape != exported_shape:
+            raise ExportError(f"reload check failed: the reloaded config describes {reloaded_shape.to_dict()}, "
+                              f"the export has {exported_shape.to_dict()}")
+        n_params = count_module_params(model)
+        model.to(device).eval()
+        with torch.no_grad():
+            out = model(**probe).last_hidden_state
+        diff = max_abs_diff_on_tokens(out, reference, probe["attention_mask"])
+        what = "" if dtype == torch.float32 else f" ({str(dtype).replace('torch.', '')}) vs the float32"
+        check_close(f"reload check (AutoModel last_hidden_state{what or ' vs'} masked backbone)", diff, atol)
+        return diff, n_params
+    finally:
+        del model

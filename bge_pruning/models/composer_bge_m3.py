@@ -9,6 +9,8 @@ import torch
 from composer.models import ComposerModel
 from torchmetrics import Metric, SpearmanCorrCoef
 
+from ..errors import ModelDirError
+from ..pruning_info import PruningInfo
 from .heads import (
     COLBERT_FILE,
     SPARSE_FILE,
@@ -128,7 +130,8 @@ class ComposerBGEM3(ComposerModel):
                  sparse_head: SparseHead | None = None, colbert_head: ColbertHead | None = None,
                  l0_module: L0Module | None = None, teacher: MaskedBGEM3Backbone | None = None,
                  loss_cfg: Mapping[str, Any] | None = None, base_model: str = "",
-                 prior_pruning: Mapping[str, Any] | None = None, teacher_layers: Sequence[int] | None = None,
+                 prior_pruning: PruningInfo | Mapping[str, Any] | None = None,
+                 teacher_layers: Sequence[int] | None = None,
                  layer_map: bool | None = None, teacher_heads: Mapping[str, torch.nn.Module] | None = None) -> None:
         """``teacher_layers``: the teacher layers ``loss.distill_layers`` distils (0-based layer outputs; default
         :func:`default_teacher_layers`). ``layer_map``: whether the model has the learned student-to-teacher map
@@ -147,7 +150,9 @@ class ComposerBGEM3(ComposerModel):
         self._teacher_heads = {k: _Frozen(v) for k, v in (teacher_heads or {}).items()}
         self.loss_cfg = dict(loss_cfg or {})
         self.base_model = base_model
-        self.prior_pruning = dict(prior_pruning or {})  # pruning_info.json of a pruned model being finetuned
+        # pruning_info.json of a pruned model being finetuned (None for a plain model)
+        self.prior_pruning = (PruningInfo.from_json(prior_pruning) if isinstance(prior_pruning, Mapping)
+                              else prior_pruning)
         self.vocab_record: dict[str, Any] | None = None  # set when model.vocab trimmed the vocabulary
         self.max_seq_length: int | None = None  # the source's sentence-transformers limit, kept on export
         self.unused_token_ids = special_token_ids(tokenizer)
@@ -419,13 +424,13 @@ class ComposerBGEM3(ComposerModel):
                                         "intermediate_size": t.intermediate_size}
             info["pruning_modules"] = list(self.l0_module.pruning_modules)
             info["convergence"] = report
-        vocabulary = self.vocab_record or self.prior_pruning.get("vocabulary")
+        prior = self.prior_pruning
+        vocabulary = self.vocab_record or (prior.vocabulary if prior is not None else None)
         if vocabulary:
             info["vocabulary"] = vocabulary
-        if self.prior_pruning:
-            info["pruned_by"] = {k: self.prior_pruning[k] for k in
-                                 ("base_shape", "target_shape", "kept_layers", "kept_heads", "params", "training_steps")
-                                 if k in self.prior_pruning}
+        if prior is not None:
+            info["pruned_by"] = prior.pick("base_shape", "target_shape", "kept_layers", "kept_heads", "params",
+                                           "training_steps")
         return info
 
 
@@ -501,7 +506,8 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
                 teacher_hf, _ = load_hf_model(teacher_path, "model.teacher",
                                               trust_remote_code=bool(mcfg.get("trust_remote_code")))
                 teacher = MaskedBGEM3Backbone.from_hf_model(teacher_hf)
-                _trim_teacher_vocab(teacher, _pruning_info(mcfg.name_or_path).get("vocabulary"), vocab_record,
+                _trim_teacher_vocab(teacher, getattr(_pruning_info(mcfg.name_or_path), "vocabulary", None),
+                                    vocab_record,
                                     backbone.config.vocab_size)
             teacher_heads = _teacher_heads(lcfg, teacher_path, d)
         else:
@@ -587,34 +593,26 @@ def _steps(value: Any, key: str) -> int:
     raise ConfigError(f"{key} must be a number of batches like 200 or '200ba', got {value!r}")
 
 
-def _pruning_info(name_or_path: str) -> dict[str, Any]:
-    import json
-    from pathlib import Path
-
+def _pruning_info(name_or_path: str) -> PruningInfo | None:
+    """The ``pruning_info.json`` of ``model.name_or_path`` when it is an export, else None."""
     from .loading import resolve_model_path
 
-    f = Path(resolve_model_path(name_or_path)) / "pruning_info.json"
-    if not f.is_file():
-        return {}
     try:
-        info = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"model.name_or_path: {f} is not valid JSON ({e}); restore it from the export, or "
-                             "delete it to treat the directory as a plain model") from None
-    if not isinstance(info, dict):
-        raise ModelLoadError(f"model.name_or_path: {f} must hold a JSON object, got {type(info).__name__}")
-    return info
+        return PruningInfo.load(resolve_model_path(name_or_path))
+    except ModelDirError as e:  # not JSON, or not an object
+        raise ModelLoadError(f"model.name_or_path: {e}") from None
 
 
 def _base_model_of(name_or_path: str) -> str:
     """A pruned export's own base model (so finetuned exports still name the original)."""
-    return _pruning_info(name_or_path).get("base_model", name_or_path)
+    info = _pruning_info(name_or_path)
+    return info.base_model if info is not None and info.base_model else name_or_path
 
 
 def _teacher_of(name_or_path: str, stage: str) -> str:
     """Prune stage: the initial weights. Finetune of a pruned export: the model it was pruned from."""
     if stage == "finetune":
-        base = _pruning_info(name_or_path).get("base_model")
+        base = getattr(_pruning_info(name_or_path), "base_model", None)
         if base:
             return base
     return name_or_path

@@ -117,15 +117,20 @@ def check_tokenizer_matches(tokenizer: Any, config: Any, what: str) -> None:
 
 
 def st_max_seq_length(name_or_path: str) -> int | None:
-    """``max_seq_length`` of a local sentence-transformers directory (``sentence_bert_config.json``), or None."""
+    """``max_seq_length`` of a local sentence-transformers directory, or None: ``sentence_bert_config.json``'s, or
+    for sentence-transformers 6's layout (no such key there) the tokenizer's ``model_max_length``."""
     import json
 
-    f = Path(resolve_model_path(name_or_path)) / "sentence_bert_config.json"
+    path = Path(resolve_model_path(name_or_path))
     try:
-        value = json.loads(f.read_text(encoding="utf-8")).get("max_seq_length")
+        sbert = json.loads((path / "sentence_bert_config.json").read_text(encoding="utf-8"))
+        value = sbert.get("max_seq_length")
+        if value is None and "modality_config" in sbert:
+            value = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8")).get("model_max_length")
     except (OSError, ValueError, AttributeError):
         return None
-    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1_000_000
+    return int(value) if ok else None
 
 
 def find_head_file(name_or_path: str, filename: str) -> Path | None:

@@ -37,6 +37,7 @@ from transformers.activations import ACT2FN
 
 from ..shapes import EncoderShape
 from .families import family_of
+from .masks import Masks, validate_masks
 
 MaskRows = torch.Tensor | Sequence[torch.Tensor] | None
 
@@ -449,24 +450,23 @@ class MaskedBGEM3Backbone(nn.Module):
 
     # ------------------------------------------------------------------ physical pruning
     @torch.no_grad()
-    def prune_params(self, zs: Mapping[str, Any]) -> dict[str, Any]:
+    def prune_params(self, zs: Masks | Mapping[str, Any]) -> dict[str, Any]:
         """Remove masked-out heads, intermediate units and layers; fold kept mask values into weights.
 
         ``zs`` holds deterministic masks (``head_z``, ``intermediate_z``, ``layer_z``, ``head_layer_z``,
-        ``mlp_z``; any may be absent). After this call the plain forward equals the masked forward with
-        these masks. Layer and sublayer mask values must be exactly 0 or 1: in a post-LN block
-        ``z*block(x) + (1-z)*x`` cannot be folded into weights for 0 < z < 1 (the L0 module's deterministic
+        ``mlp_z``; any may be absent): a ``Masks`` from ``validate_masks``, or a dict that is validated here
+        (``MaskError`` naming the bad key, before anything is modified). After this call the plain forward equals
+        the masked forward with these masks. Layer and sublayer mask values must be exactly 0 or 1: in a post-LN
+        block ``z*block(x) + (1-z)*x`` cannot be folded into weights for 0 < z < 1 (the L0 module's deterministic
         layer and sublayer masks are binary). A sublayer with z = 0 is removed (weights, biases, LayerNorm);
         a layer with both sublayers removed is an identity and is dropped like a layer with ``layer_z`` 0.
         Returns what was kept: ``{"kept_layers": [...], "kept_heads": [[...], ...]}`` (base indices), plus
         ``attention_kept`` / ``ffn_kept`` (one flag per kept layer) when sublayer masks were given.
         """
+        masks = validate_masks(zs, self) or Masks()
         layers = list(self.encoder.layer)
-        n = len(layers)
-        head_z, int_z = zs.get("head_z"), zs.get("intermediate_z")
-        _check_rows(head_z, n, [layer.num_heads for layer in layers], "head_z")
-        _check_rows(int_z, n, [layer.intermediate_size for layer in layers], "intermediate_z")
-        layer_z, att_z, mlp_z = (_binary_gate(zs.get(k), n, k) for k in ("layer_z", "head_layer_z", "mlp_z"))
+        head_z, int_z = masks.head_z, masks.intermediate_z
+        layer_z, att_z, mlp_z = masks.layer_z, masks.head_layer_z, masks.mlp_z
 
         kept_layers, kept_heads, new_layers = [], [], []
         for i, layer in enumerate(layers):
@@ -478,10 +478,10 @@ class MaskedBGEM3Backbone(nn.Module):
                 layer.intermediate = layer.output = None
             if not (layer.has_attention or layer.has_ffn):
                 continue  # nothing left: the layer is an identity
-            heads = (_prune_heads(layer, None if head_z is None else torch.as_tensor(head_z[i]).float())
+            heads = (_prune_heads(layer, None if head_z is None else head_z[i])
                      if layer.has_attention else [])
             if int_z is not None and layer.has_ffn:
-                _prune_intermediate(layer, torch.as_tensor(int_z[i]).float())
+                _prune_intermediate(layer, int_z[i])
             kept_layers.append(i)
             kept_heads.append(heads)
             new_layers.append(layer)
@@ -496,29 +496,6 @@ class MaskedBGEM3Backbone(nn.Module):
 def _is_buffer_key(key: str) -> bool:
     # HF registers position_ids / token_type_ids as (non-persistent) buffers in some versions.
     return key.endswith("embeddings.position_ids") or key.endswith("embeddings.token_type_ids")
-
-
-def _binary_gate(z: Any, n_layers: int, name: str) -> torch.Tensor | None:
-    """A layer or sublayer mask as a flat float tensor, checked to be [n_layers] and exactly 0 or 1."""
-    if z is None:
-        return None
-    z = torch.as_tensor(z).float().flatten()
-    if z.numel() != n_layers:
-        raise ValueError(f"{name} has {z.numel()} entries, the model has {n_layers} layers")
-    bad = [v for v in z.tolist() if v not in (0.0, 1.0)]
-    if bad:
-        raise ValueError(f"{name} must be 0 or 1 to prune a post-LayerNorm block; got values {bad}")
-    return z
-
-
-def _check_rows(z: MaskRows, n_layers: int, widths: list[int], name: str) -> None:
-    if z is None:
-        return
-    if len(z) != n_layers:
-        raise ValueError(f"{name} has {len(z)} rows, the model has {n_layers} layers")
-    for i, (row, width) in enumerate(zip(z, widths)):
-        if torch.as_tensor(row).numel() != width:
-            raise ValueError(f"{name}[{i}] has {torch.as_tensor(row).numel()} entries, layer {i} has {width}")
 
 
 def _select_linear(linear: nn.Linear, index: torch.Tensor, dim: int, scale: torch.Tensor | None = None) -> nn.Linear:
