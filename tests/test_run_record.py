@@ -110,6 +110,9 @@ def test_record_contents(pruned_run):
                                    if p.name not in ("config.json",)}
     assert record["code"] == {} and record["pruning_info"] is None  # a plain base model: no code to store
     assert record["base_model"] == str(pruned_run / "base") and record["vocab_record"] is None
+    # a plain base was pruned once: its export reports no earlier pruning
+    info = json.loads((pruned_run / "model" / "pruning_info.json").read_text())
+    assert "pruned_by" not in info
 
 
 def test_run_record_keeps_earlier_configs_on_resume():

@@ -151,8 +151,9 @@ class ComposerBGEM3(ComposerModel):
         self.loss_cfg = dict(loss_cfg or {})
         self.base_model = base_model
         # pruning_info.json of a pruned model being finetuned (None for a plain model)
+        # (an empty mapping, as build_model passes for a plain base, is None too: no "pruned_by" on export)
         self.prior_pruning = (PruningInfo.from_json(prior_pruning) if isinstance(prior_pruning, Mapping)
-                              else prior_pruning)
+                              else prior_pruning) if prior_pruning else None
         self.vocab_record: dict[str, Any] | None = None  # set when model.vocab trimmed the vocabulary
         self.max_seq_length: int | None = None  # the source's sentence-transformers limit, kept on export
         self.unused_token_ids = special_token_ids(tokenizer)
