@@ -19,11 +19,10 @@ def sts_of_model(model: Any, pairs: Sequence[Any]) -> dict[str, float]:
     """Dense STS scores of a ``ComposerBGEM3`` as it is now (no masks), on its current device."""
     device = next(model.backbone.parameters()).device
     was_training = model.backbone.training
-    # EmbeddingModel takes the backbone as it is: it is called with the tokenizer's outputs and returns the
-    # last hidden state.
-    enc = EmbeddingModel(model.backbone, model.tokenizer, pooling=model.pooling,
-                         normalize=model.normalize, max_length=min(MAX_LENGTH, model.tokenizer.model_max_length),
-                         device=device)
+    # The backbone as it is, inside a SentenceTransformer: called with the tokenizer's outputs, it returns the last
+    # hidden state.
+    enc = EmbeddingModel.from_model(model.backbone, model.tokenizer, pooling=model.pooling, normalize=model.normalize,
+                                    max_length=min(MAX_LENGTH, model.tokenizer.model_max_length), device=device)
     try:
         return evaluate_sts(enc, pairs, show_progress=False)
     finally:
