@@ -192,14 +192,12 @@ class EmbeddingModel:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_model(cls, model: torch.nn.Module, tokenizer: Any, *, pooling: str = "cls", normalize: bool = True,
-                   max_length: int = 512, do_lower_case: bool = False, sparse_head: SparseHead | None = None,
-                   colbert_head: ColbertHead | None = None, path: Path | str | None = None,
-                   device: str | torch.device = "cpu") -> EmbeddingModel:
-        """An encoder of a model object already loaded (see :class:`InMemoryTransformer`), e.g. the backbone
+                   max_length: int = 512, device: str | torch.device = "cpu") -> EmbeddingModel:
+        """A dense encoder of a model object already loaded (see :class:`InMemoryTransformer`), e.g. the backbone
         during training."""
-        first = InMemoryTransformer(model, tokenizer, max_length, do_lower_case)
+        first = InMemoryTransformer(model, tokenizer, max_length)
         return cls(_sentence_transformer(first, int(model.config.hidden_size), pooling, normalize, device),
-                   path=path, pooling=pooling, normalize=normalize, sparse_head=sparse_head, colbert_head=colbert_head)
+                   pooling=pooling, normalize=normalize)
 
     @classmethod
     def from_dir(cls, path: str | Path, device: str = "cpu", max_length: int = 512, *,
@@ -279,10 +277,6 @@ class EmbeddingModel:
     @property
     def max_length(self) -> int:
         return int(self.st.max_seq_length)
-
-    @property
-    def device(self) -> torch.device:
-        return self.st.device
 
     @property
     def name(self) -> str:
@@ -372,8 +366,6 @@ def _sentence_transformer(first: InputModule, hidden: int, pooling: str, normali
     from sentence_transformers.base.modules import Normalize
     from sentence_transformers.sentence_transformer.modules import Pooling
 
-    if pooling not in ("cls", "mean"):
-        raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
     modules = [first, Pooling(hidden, pooling_mode=pooling)] + ([Normalize()] if normalize else [])
     return SentenceTransformer(modules=modules, device=str(device))
 
@@ -402,11 +394,8 @@ def _onnx_input(model_dir: Path, onnx_file: str, device: str | torch.device, tru
         graph = OnnxEncoder(path, int(hidden))
     except Exception as e:
         raise ModelDirError(f"{path}: cannot load the ONNX model ({type(e).__name__}: {e})") from None
-    limit = min(max_length, max_seq or max_length)
-    tok_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
-        limit = min(limit, tok_max)
-    return InMemoryTransformer(graph, tokenizer, limit, lower)
+    return InMemoryTransformer(graph, tokenizer, min(max_length, max_seq or max_length, tokenizer.model_max_length),
+                               lower)
 
 
 def _weight_shape(path: Path) -> tuple[int, ...] | None:
