@@ -1,19 +1,11 @@
-"""Metrics against numbers worked out by hand (the arithmetic is written out in each test)."""
+"""Metrics (scipy, pytrec_eval) against numbers worked out by hand (the arithmetic is written out in each test)."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from bge_pruning.evaluation.metrics import (
-    mrr_at_k,
-    ndcg_at_k,
-    pearson,
-    rank_documents,
-    ranking_metrics,
-    recall_at_k,
-    spearman,
-)
+from bge_pruning.evaluation.metrics import pearson, rank_documents, ranking_metrics, spearman
 
 LOG2_3 = math.log2(3)
 
@@ -33,48 +25,52 @@ def test_rank_documents_breaks_ties_by_doc_id():
     assert rank_documents({"b": 0.5, "a": 0.5, "c": 0.9}, k=2) == ["c", "a"]
 
 
+def at(k: int, results=RESULTS, qrels=QRELS) -> dict[str, float]:
+    """pytrec_eval's nDCG / MRR / Recall at one cut-off, keyed without the ``@k``."""
+    return {name.split("@")[0]: v for name, v in ranking_metrics(results, qrels, k_values=(k,)).items()}
+
+
 def test_ndcg_by_hand():
     # single relevant doc at rank 2: DCG = 1/log2(3), IDCG = 1/log2(2) = 1
     q1 = (1 / LOG2_3) / 1
     # q2 ranking d5(0), d2(2), d3(1): DCG = 0/log2(2) + 2/log2(3) + 1/log2(4); ideal d2, d3: 2/1 + 1/log2(3)
+    # (trec_eval would put d3 before d2 on their tie, giving (1/log2(3) + 2/2) / ...)
     q2 = (2 / LOG2_3 + 1 / 2) / (2 + 1 / LOG2_3)
-    assert ndcg_at_k(RESULTS, QRELS, 10) == pytest.approx((q1 + q2) / 2, abs=1e-12)
+    assert at(10)["ndcg"] == pytest.approx((q1 + q2) / 2, abs=1e-12)
     # k=2: q2 keeps d5, d2 -> DCG 2/log2(3); ideal top-2 is still 2/1 + 1/log2(3)
     q2_at2 = (2 / LOG2_3) / (2 + 1 / LOG2_3)
-    assert ndcg_at_k(RESULTS, QRELS, 2) == pytest.approx((q1 + q2_at2) / 2, abs=1e-12)
+    assert at(2)["ndcg"] == pytest.approx((q1 + q2_at2) / 2, abs=1e-12)
     # k=1: both queries have a non-relevant doc first
-    assert ndcg_at_k(RESULTS, QRELS, 1) == 0.0
+    assert at(1)["ndcg"] == 0.0
 
 
 def test_single_relevant_doc_at_rank_2():
-    assert ndcg_at_k({"q": {"a": 2.0, "b": 1.0}}, {"q": {"b": 1}}, 10) == pytest.approx(1 / LOG2_3, abs=1e-12)
+    assert at(10, {"q": {"a": 2.0, "b": 1.0}}, {"q": {"b": 1}})["ndcg"] == pytest.approx(1 / LOG2_3, abs=1e-12)
 
 
 def test_mrr_by_hand():
     # q1 first relevant at rank 2 -> 1/2; q2 first relevant (d2) at rank 2 -> 1/2
-    assert mrr_at_k(RESULTS, QRELS, 10) == pytest.approx((1 / 2 + 1 / 2) / 2)
-    assert mrr_at_k(RESULTS, QRELS, 1) == 0.0
-    # the tie decides: if d3 sorted before d2 it would still be rank 2; make the tie matter instead
+    assert at(10)["mrr"] == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert at(1)["mrr"] == 0.0
+    # the tie decides: "a" wins it by doc id, so "z" is second (trec_eval's own rule would put "z" first)
     res = {"q": {"z": 0.5, "a": 0.5}}
-    assert mrr_at_k(res, {"q": {"z": 1}}, 10) == pytest.approx(1 / 2)   # "a" wins the tie
-    assert mrr_at_k(res, {"q": {"z": 1}}, 1) == 0.0
+    assert at(10, res, {"q": {"z": 1}})["mrr"] == pytest.approx(1 / 2)
+    assert at(1, res, {"q": {"z": 1}})["mrr"] == 0.0
 
 
 def test_recall_by_hand():
     # k=1: q1 0/1, q2 0/2 -> 0
-    assert recall_at_k(RESULTS, QRELS, 1) == 0.0
+    assert at(1)["recall"] == 0.0
     # k=2: q1 finds d1 (1/1), q2 finds d2 (1/2) -> (1 + 0.5) / 2
-    assert recall_at_k(RESULTS, QRELS, 2) == pytest.approx(0.75)
+    assert at(2)["recall"] == pytest.approx(0.75)
     # k=3: both complete
-    assert recall_at_k(RESULTS, QRELS, 3) == pytest.approx(1.0)
+    assert at(3)["recall"] == pytest.approx(1.0)
 
 
 def test_query_missing_from_results_counts_zero():
     qrels = {"q1": {"d1": 1}, "q2": {"d1": 1}}
-    results = {"q1": {"d1": 1.0}}
-    assert ndcg_at_k(results, qrels, 10) == pytest.approx(0.5)
-    assert mrr_at_k(results, qrels, 10) == pytest.approx(0.5)
-    assert recall_at_k(results, qrels, 10) == pytest.approx(0.5)
+    assert at(10, {"q1": {"d1": 1.0}}, qrels) == pytest.approx({"ndcg": 0.5, "mrr": 0.5, "recall": 0.5})
+    assert at(10, {"q1": {"d1": 1.0}, "q2": {}}, qrels) == pytest.approx({"ndcg": 0.5, "mrr": 0.5, "recall": 0.5})
 
 
 def test_ranking_metrics_keys_and_errors():
@@ -83,9 +79,11 @@ def test_ranking_metrics_keys_and_errors():
                         "sparse_ndcg@2", "sparse_mrr@2", "sparse_recall@2"}
     assert out["sparse_recall@2"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="k must be a positive integer"):
-        ndcg_at_k(RESULTS, QRELS, 0)
+        ranking_metrics(RESULTS, QRELS, k_values=(0,))
     with pytest.raises(ValueError, match="no query in qrels has a relevant document"):
-        mrr_at_k(RESULTS, {"q": {"d": 0}}, 10)
+        ranking_metrics(RESULTS, {"q": {"d": 0}})
+    with pytest.raises(ValueError, match=r"qrels\['q'\]\['d'\]: relevance must be an integer"):
+        ranking_metrics(RESULTS, {"q": {"d": 0.5}})
 
 
 def test_spearman_by_hand():

@@ -7,9 +7,8 @@ from __future__ import annotations
 from importlib import import_module
 
 _EXPORTS = {
-    "spearman": "metrics", "pearson": "metrics", "ndcg_at_k": "metrics", "mrr_at_k": "metrics",
-    "recall_at_k": "metrics", "ranking_metrics": "metrics", "rank_documents": "metrics",
-    "EmbeddingModel": "encoder", "ModelDirError": "encoder",
+    "spearman": "metrics", "pearson": "metrics", "ranking_metrics": "metrics", "rank_documents": "metrics",
+    "EmbeddingModel": "encoder", "InMemoryTransformer": "encoder", "ModelDirError": "encoder",
     "evaluate_sts": "sts",
     "evaluate_retrieval": "retrieval", "paraphrase_retrieval_from_sts": "retrieval",
     "make_mteb_encoder": "mteb_wrapper", "local_sts_task": "mteb_wrapper", "local_retrieval_task": "mteb_wrapper",

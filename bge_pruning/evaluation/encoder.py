@@ -2,10 +2,14 @@
 
 The directory holds ``config.json``, the weights, tokenizer files and, as sentence-transformers writes
 them, ``modules.json`` + ``1_Pooling/config.json`` (+ a ``Normalize`` module) and optionally BGE-M3's
-head files ``sparse_linear.pt`` / ``colbert_linear.pt``. The dense vector follows the Pooling config
-(CLS or mean) and is L2-normalised when ``modules.json`` lists a Normalize module; without
-``modules.json`` the BGE-M3 default is used (CLS, normalised). Every head computation goes through
-:mod:`bge_pruning.models.heads`.
+head files ``sparse_linear.pt`` / ``colbert_linear.pt``.
+
+Dense vectors are ``sentence_transformers.SentenceTransformer.encode``'s: the model is a SentenceTransformer of
+the directory's modules, sentence-transformers' ``Transformer`` (or :class:`InMemoryTransformer` for a model
+object already loaded: an ONNX graph, the backbone being trained), its ``Pooling`` (CLS or mean) and its
+``Normalize`` when ``modules.json`` lists one; without ``modules.json`` the BGE-M3 default is used (CLS,
+normalised). BGE-M3's sparse and colbert heads, which no library computes, read the token states of the same
+pass (``encode(output_value=None)``) through :mod:`bge_pruning.models.heads`.
 """
 from __future__ import annotations
 
@@ -13,9 +17,11 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from sentence_transformers.base.modules import InputModule
 
 from bge_pruning.errors import ModelDirError
 from bge_pruning.models.heads import (
@@ -23,7 +29,6 @@ from bge_pruning.models.heads import (
     SPARSE_FILE,
     ColbertHead,
     SparseHead,
-    dense_embedding,
     lexical_weights,
     special_token_ids,
 )
@@ -126,42 +131,95 @@ def resolve_model_dir(name: str) -> str:
     return name
 
 
-class EmbeddingModel:
-    """Dense (+ sparse / colbert when the head files exist) encoder of a model directory."""
+class InMemoryTransformer(InputModule):
+    """A sentence-transformers input module around a model object that is already loaded.
 
-    def __init__(self, model, tokenizer, *, path: Path | str | None = None, pooling: str = "cls",
-                 normalize: bool = True, max_length: int = 512, do_lower_case: bool = False,
-                 sparse_head: SparseHead | None = None, colbert_head: ColbertHead | None = None,
-                 device: str | torch.device = "cpu") -> None:
-        self.model = model.eval()
+    sentence-transformers' ``Transformer`` always loads its model from a path; this module takes ``model`` as it
+    is: anything called as ``model(input_ids, attention_mask[, token_type_ids])`` that returns the last hidden
+    state (a tensor, or an output with ``last_hidden_state``), such as ``MaskedBGEM3Backbone`` or
+    :class:`~bge_pruning.evaluation.onnx_model.OnnxEncoder`. It writes ``token_embeddings`` for ST's ``Pooling``.
+
+    Args:
+        model: the encoder.
+        tokenizer: its Hugging Face tokenizer.
+        max_seq_length: longer texts are truncated to this many tokens.
+        do_lower_case: lower-case the texts first (``sentence_bert_config.json``'s flag).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_seq_length: int,
+                 do_lower_case: bool = False) -> None:
+        super().__init__()
+        self.auto_model = model
         self.tokenizer = tokenizer
+        self.max_seq_length = int(max_seq_length)
+        self.do_lower_case = do_lower_case
+
+    def preprocess(self, inputs: Sequence[str], prompt: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        texts = [(prompt or "") + t for t in inputs]
+        if self.do_lower_case:
+            texts = [t.lower() for t in texts]
+        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_seq_length,
+                                   return_tensors="pt"))
+
+    def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        out = self.auto_model(**{k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids")
+                                 if k in features})
+        features["token_embeddings"] = out if isinstance(out, torch.Tensor) else out.last_hidden_state
+        return features
+
+    def save(self, output_path: str, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("InMemoryTransformer is for evaluation only; export the model to save it")
+
+
+# Texts per SentenceTransformer.encode call, in batches: the token states it returns with output_value=None stay on
+# the device until the heads have read them, so a large corpus goes through in slices.
+CHUNK_BATCHES = 16
+
+
+class EmbeddingModel:
+    """Dense (+ sparse / colbert when the head files exist) encoder of a model directory.
+
+    Args:
+        st: the SentenceTransformer that computes the dense vectors (and the token states the heads read).
+        path: the model directory, when there is one.
+        pooling: ``cls`` or ``mean``, the Pooling module's mode (for reports).
+        normalize: whether the dense vectors are L2-normalised (a Normalize module).
+        sparse_head, colbert_head: BGE-M3's heads, on the SentenceTransformer's device.
+    """
+
+    def __init__(self, st: Any, *, path: Path | str | None = None, pooling: str = "cls", normalize: bool = True,
+                 sparse_head: SparseHead | None = None, colbert_head: ColbertHead | None = None) -> None:
+        self.st = st.eval()
+        self.model = st[0].auto_model
+        self.tokenizer = st.tokenizer
         self.path = Path(path) if path is not None else None
         self.pooling = pooling
         self.normalize = normalize
-        self.max_length = int(max_length)
-        self.do_lower_case = do_lower_case
-        self.device = torch.device(device)
         self.sparse_head = sparse_head.eval() if sparse_head is not None else None
         self.colbert_head = colbert_head.eval() if colbert_head is not None else None
-        self._unused_ids = special_token_ids(tokenizer)
+        self._unused_ids = special_token_ids(self.tokenizer)
 
     # ------------------------------------------------------------------ loading
     @classmethod
+    def from_model(cls, model: torch.nn.Module, tokenizer: Any, *, pooling: str = "cls", normalize: bool = True,
+                   max_length: int = 512, device: str | torch.device = "cpu") -> EmbeddingModel:
+        """A dense encoder of a model object already loaded (see :class:`InMemoryTransformer`), e.g. the backbone
+        during training."""
+        first = InMemoryTransformer(model, tokenizer, max_length)
+        return cls(_sentence_transformer(first, int(model.config.hidden_size), pooling, normalize, device),
+                   pooling=pooling, normalize=normalize)
+
+    @classmethod
     def from_dir(cls, path: str | Path, device: str = "cpu", max_length: int = 512, *,
-                 pooling: str | None = None, normalize: bool | None = None,
-                 torch_dtype: torch.dtype | None = None, trust_remote_code: bool = False,
-                 opt_in: str = "pass --trust-remote-code", onnx_file: str | None = None) -> EmbeddingModel:
+                 trust_remote_code: bool = False, onnx_file: str | None = None) -> EmbeddingModel:
         """Load ``path``. Its modeling code runs only when it is this project's export (``bge_pruning.trust``)
         or ``trust_remote_code`` is given; otherwise a directory asking for remote code is refused.
 
         ``max_length`` is capped by ``sentence_bert_config.json``'s ``max_seq_length`` and the tokenizer's
-        ``model_max_length``, as sentence-transformers does. ``pooling``/``normalize`` override the
-        directory's sentence-transformers config. ``onnx_file`` (relative to ``path``, e.g. ``onnx/model.onnx``)
-        encodes with that ONNX graph on onnxruntime's CPU provider instead of the torch weights (no modeling code
-        runs); the tokenizer, pooling and head files are the directory's as for torch.
+        ``model_max_length``, as sentence-transformers does. ``onnx_file`` (relative to ``path``, e.g.
+        ``onnx/model.onnx``) encodes with that ONNX graph on onnxruntime's CPU provider instead of the torch
+        weights (no modeling code runs); the tokenizer, pooling and head files are the directory's as for torch.
         """
-        from transformers import AutoModel, AutoTokenizer
-
         model_dir = Path(resolve_model_dir(str(path))).expanduser()
         if not model_dir.exists():
             raise ModelDirError(f"{model_dir}: model directory not found")
@@ -173,37 +231,27 @@ class EmbeddingModel:
             raise ModelDirError(f"{model_dir}: no tokenizer files (looked for {', '.join(TOKENIZER_FILES)})")
 
         st_pooling, st_normalize, max_seq, lower = read_st_layout(model_dir)
-        pooling = pooling or st_pooling or "cls"
-        normalize = normalize if normalize is not None else (True if st_normalize is None else st_normalize)
-        if pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        pooling = st_pooling or "cls"
+        normalize = True if st_normalize is None else st_normalize
 
         from ..trust import resolve_trust
 
-        trust = resolve_trust(str(model_dir), trust_remote_code, str(path), opt_in)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust)
-        except Exception as e:
-            raise ModelDirError(f"{model_dir}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
-        kwargs: dict = {"trust_remote_code": trust}
-        if torch_dtype is not None:
-            kwargs["dtype"] = torch_dtype
+        trust = resolve_trust(str(model_dir), trust_remote_code, str(path), "pass --trust-remote-code")
         if onnx_file is not None:
-            model = _load_onnx(model_dir, onnx_file, device)
+            first = _onnx_input(model_dir, onnx_file, device, trust, int(max_length), max_seq, lower)
         else:
+            from sentence_transformers.base.modules import Transformer
+
+            remote = {"trust_remote_code": trust}
             try:
-                model = AutoModel.from_pretrained(str(model_dir), **kwargs)
+                first = Transformer(str(model_dir), model_kwargs=remote, processor_kwargs=dict(remote),
+                                    config_kwargs=dict(remote), max_seq_length=max_seq, do_lower_case=lower)
             except Exception as e:
                 raise ModelDirError(f"{model_dir}: cannot load the model ({type(e).__name__}: {e})") from None
+            # ST's own limit (sentence_bert_config.json, else the tokenizer's capped by the position embeddings)
+            first.max_seq_length = min(int(max_length), first.max_seq_length)
+        hidden = int(first.auto_model.config.hidden_size)
 
-        limit = int(max_length)
-        if max_seq:
-            limit = min(limit, int(max_seq))
-        tok_max = getattr(tokenizer, "model_max_length", None)
-        if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
-            limit = min(limit, tok_max)
-
-        hidden = int(model.config.hidden_size)
         sparse = colbert = None
         if (model_dir / SPARSE_FILE).is_file():
             sparse = SparseHead(hidden)
@@ -213,17 +261,15 @@ class EmbeddingModel:
             colbert = ColbertHead(hidden, state_shape[0] if state_shape else None)
             _load_linear_state(model_dir / COLBERT_FILE, colbert)
 
-        dev = torch.device(device)
-        model.to(dev)
+        st = _sentence_transformer(first, hidden, pooling, normalize, device)
         # An OnnxEncoder has no parameters: its heads compute in float32, the dtype of the graph's output.
-        dtype = next((p.dtype for p in model.parameters()), torch.float32)
+        dtype = next((p.dtype for p in first.auto_model.parameters()), torch.float32)
         for head in (sparse, colbert):
             if head is not None:
-                head.to(dev, dtype=dtype)
+                head.to(st.device, dtype=dtype)
         logger.info("loaded %s: pooling=%s normalize=%s max_length=%d sparse=%s colbert=%s",
-                    model_dir, pooling, normalize, limit, sparse is not None, colbert is not None)
-        return cls(model, tokenizer, path=model_dir, pooling=pooling, normalize=normalize, max_length=limit,
-                   do_lower_case=lower, sparse_head=sparse, colbert_head=colbert, device=dev)
+                    model_dir, pooling, normalize, st.max_seq_length, sparse is not None, colbert is not None)
+        return cls(st, path=model_dir, pooling=pooling, normalize=normalize, sparse_head=sparse, colbert_head=colbert)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -237,6 +283,10 @@ class EmbeddingModel:
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
+
+    @property
+    def max_length(self) -> int:
+        return int(self.st.max_seq_length)
 
     @property
     def name(self) -> str:
@@ -263,7 +313,7 @@ class EmbeddingModel:
 
     def encode_all(self, texts: Sequence[str], batch_size: int = 32, show_progress: bool = True, *,
                    dense: bool = True, sparse: bool | None = None, colbert: bool | None = None) -> dict:
-        """Every requested output in one forward pass per batch.
+        """Every requested output from one ``SentenceTransformer.encode`` pass.
 
         ``sparse``/``colbert`` default to "when the head exists". Returns a dict with keys among
         ``dense`` (np.ndarray [N, d]), ``sparse`` (list of dicts), ``colbert`` (list of arrays).
@@ -281,31 +331,34 @@ class EmbeddingModel:
             raise ValueError(f"{self.path}: no {COLBERT_FILE}; this model has no colbert head")
 
         n = len(texts)
-        # Longest first (as sentence-transformers): less padding per batch; results put back in input order.
+        # Longest first, ST's own order, kept across the slices so that every batch is the one ST would make.
         order = sorted(range(n), key=lambda i: -len(texts[i]))
-        dense_out = np.zeros((n, self.dim), dtype=np.float32) if dense else None
-        sparse_out: list = [None] * n if sparse else None
-        colbert_out: list = [None] * n if colbert else None
-
+        dense_out = np.zeros((n, self.dim), dtype=np.float32)
+        sparse_out: list = [None] * n
+        colbert_out: list = [None] * n
+        step = batch_size * CHUNK_BATCHES
         bar = tqdm(total=n, desc=f"encoding ({self.name})", unit="text", disable=not show_progress or n == 0,
                    leave=False)
-        with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
-                hidden, mask, input_ids = self._forward([texts[i] for i in idx])
-                if dense:
-                    vecs = dense_embedding(hidden, mask, self.pooling, self.normalize)
-                    dense_out[idx] = vecs.float().cpu().numpy()
-                if sparse:
-                    weights = self.sparse_head(hidden)
-                    for i, d in zip(idx, lexical_weights(weights, input_ids, self._unused_ids)):
-                        sparse_out[i] = d
-                if colbert:
-                    vecs = self.colbert_head(hidden, mask).float().cpu().numpy()
-                    lengths = mask[:, 1:].sum(-1).cpu().tolist()
-                    for row, (i, t) in enumerate(zip(idx, lengths)):
-                        colbert_out[i] = vecs[row, : int(t)].copy()
+        for start in range(0, n, step):
+            idx = order[start:start + step]
+            chunk = [texts[i] for i in idx]
+            if not (sparse or colbert):
+                dense_out[idx] = self.st.encode(chunk, batch_size=batch_size, show_progress_bar=False)
                 bar.update(len(idx))
+                continue
+            rows = self.st.encode(chunk, batch_size=batch_size, show_progress_bar=False, output_value=None)
+            with torch.inference_mode():
+                for i, row in zip(idx, rows):
+                    dense_out[i] = row["sentence_embedding"].float().cpu().numpy()
+                    real = int(row["attention_mask"].sum())  # right padding: the real tokens come first
+                    hidden = row["token_embeddings"][None, :real]
+                    if sparse:
+                        sparse_out[i] = lexical_weights(self.sparse_head(hidden), row["input_ids"][None, :real],
+                                                        self._unused_ids)[0]
+                    if colbert:
+                        vecs = self.colbert_head(hidden, row["attention_mask"][None, :real])
+                        colbert_out[i] = vecs[0].float().cpu().numpy()
+            bar.update(len(idx))
         bar.close()
         out: dict = {}
         if dense:
@@ -316,21 +369,23 @@ class EmbeddingModel:
             out["colbert"] = colbert_out
         return out
 
-    def _forward(self, batch: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.do_lower_case:
-            batch = [t.lower() for t in batch]
-        enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
-        enc = {k: v.to(self.device) for k, v in enc.items()}
-        out = self.model(**enc)
-        if isinstance(out, torch.Tensor):  # a module that returns the last hidden state (the masked backbone)
-            hidden = out
-        else:
-            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return hidden, enc["attention_mask"], enc["input_ids"]
+
+def _sentence_transformer(first: InputModule, hidden: int, pooling: str, normalize: bool,
+                          device: str | torch.device) -> Any:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Normalize
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    modules = [first, Pooling(hidden, pooling_mode=pooling)] + ([Normalize()] if normalize else [])
+    return SentenceTransformer(modules=modules, device=str(device))
 
 
-def _load_onnx(model_dir: Path, onnx_file: str, device: str | torch.device):
+def _onnx_input(model_dir: Path, onnx_file: str, device: str | torch.device, trust: bool, max_length: int,
+                max_seq: int | None, lower: bool) -> InMemoryTransformer:
+    """The directory's tokenizer and ONNX graph as a SentenceTransformer's first module (sentence-transformers'
+    own ``backend="onnx"`` loads through optimum, which this stack cannot install)."""
+    from transformers import AutoTokenizer
+
     from .onnx_model import OnnxEncoder
 
     if torch.device(device).type != "cpu":
@@ -340,11 +395,17 @@ def _load_onnx(model_dir: Path, onnx_file: str, device: str | torch.device):
         found = sorted(str(p.relative_to(model_dir)) for p in model_dir.glob("onnx/*.onnx"))
         raise ModelDirError(f"{path}: no such ONNX file" + (f" (the directory has {', '.join(found)})" if found
                                                            else "; export with --onnx first"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust)
+    except Exception as e:
+        raise ModelDirError(f"{model_dir}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
     hidden = _read_json(model_dir / "config.json").get("hidden_size")
     try:
-        return OnnxEncoder(path, int(hidden))
+        graph = OnnxEncoder(path, int(hidden))
     except Exception as e:
         raise ModelDirError(f"{path}: cannot load the ONNX model ({type(e).__name__}: {e})") from None
+    return InMemoryTransformer(graph, tokenizer, min(max_length, max_seq or max_length, tokenizer.model_max_length),
+                               lower)
 
 
 def _weight_shape(path: Path) -> tuple[int, ...] | None:

@@ -1,21 +1,22 @@
-"""Correlation and ranking metrics for evaluating sentence encoders.
+"""Correlation and ranking metrics for evaluating sentence encoders, computed by scipy and pytrec_eval.
 
-* ``spearman`` / ``pearson``: correlation coefficients x 100 (the STS convention).
-* ``ndcg_at_k`` / ``mrr_at_k`` / ``recall_at_k``: retrieval metrics in [0, 1] from a run
-  ``results: {qid: {docid: score}}`` and judgements ``qrels: {qid: {docid: relevance}}``.
+* ``spearman`` / ``pearson``: ``scipy.stats`` correlation coefficients x 100 (the STS convention).
+* ``ranking_metrics``: nDCG@k, MRR@k and Recall@k in [0, 1] from a run ``results: {qid: {docid: score}}`` and
+  judgements ``qrels: {qid: {docid: relevance}}``, by ``pytrec_eval`` (trec_eval's ``ndcg_cut``,
+  ``recip_rank`` and ``recall``, what mteb uses).
 
-Ranking rules (shared by every ranking metric and by :func:`rank_documents`):
+Ranking rules:
 
-* documents are ordered by descending score; equal scores are ordered by ascending doc id
-  (compared as strings), so a run always ranks the same way;
-* a document is relevant when its relevance is > 0; nDCG uses the relevance itself as the gain
-  (``rel / log2(rank + 1)``, ranks from 1) and the ideal ranking from the qrels;
+* documents are ordered by descending score; equal scores are ordered by ascending doc id (compared as
+  strings), so a run always ranks the same way (:func:`rank_documents`). trec_eval would break the tie by
+  doc id descending, so it is given each document's rank instead of its score;
+* a document is relevant when its relevance (an integer, as trec_eval requires) is > 0; nDCG uses the
+  relevance itself as the gain (``rel / log2(rank + 1)``, ranks from 1) and the ideal ranking from the qrels;
 * the mean is over the queries of ``qrels`` that have at least one relevant document; such a query
   missing from ``results`` scores 0. Queries only in ``results`` are ignored.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -41,7 +42,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     from scipy.stats import spearmanr
 
     a, b = _as_vectors(x, y, "spearman")
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
+    if np.ptp(a) == 0 or np.ptp(b) == 0:  # scipy would warn (ConstantInputWarning) and return NaN
         return float("nan")
     return float(spearmanr(a, b)[0]) * 100.0
 
@@ -64,69 +65,49 @@ def rank_documents(scores: Mapping[Hashable, float], k: int | None = None) -> li
     return [doc for doc, _ in ranked]
 
 
-def _check_k(k: int, name: str) -> None:
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"{name}: k must be a positive integer, got {k!r}")
-
-
-def _judged_queries(qrels: Qrels, name: str) -> list:
-    queries = [q for q, docs in qrels.items() if any(float(r) > 0 for r in docs.values())]
-    if not queries:
-        raise ValueError(f"{name}: no query in qrels has a relevant document (relevance > 0)")
-    return queries
-
-
-def _relevant(qrels: Qrels, qid) -> dict:
-    return {d: float(r) for d, r in qrels[qid].items() if float(r) > 0}
-
-
-def ndcg_at_k(results: Results, qrels: Qrels, k: int) -> float:
-    """Mean nDCG@k; gain = relevance, discount = log2(rank + 1), ideal DCG from the qrels."""
-    _check_k(k, "ndcg_at_k")
-    total = 0.0
-    queries = _judged_queries(qrels, "ndcg_at_k")
-    for qid in queries:
-        rel = _relevant(qrels, qid)
-        ranked = rank_documents(results.get(qid, {}), k)
-        dcg = sum(rel.get(doc, 0.0) / math.log2(i + 2) for i, doc in enumerate(ranked))
-        ideal = sorted(rel.values(), reverse=True)[:k]
-        idcg = sum(g / math.log2(i + 2) for i, g in enumerate(ideal))
-        total += dcg / idcg
-    return total / len(queries)
-
-
-def mrr_at_k(results: Results, qrels: Qrels, k: int) -> float:
-    """Mean reciprocal rank of the first relevant document within the top k (0 when none)."""
-    _check_k(k, "mrr_at_k")
-    total = 0.0
-    queries = _judged_queries(qrels, "mrr_at_k")
-    for qid in queries:
-        rel = _relevant(qrels, qid)
-        for i, doc in enumerate(rank_documents(results.get(qid, {}), k)):
-            if doc in rel:
-                total += 1.0 / (i + 1)
-                break
-    return total / len(queries)
-
-
-def recall_at_k(results: Results, qrels: Qrels, k: int) -> float:
-    """Mean fraction of a query's relevant documents found in its top k."""
-    _check_k(k, "recall_at_k")
-    total = 0.0
-    queries = _judged_queries(qrels, "recall_at_k")
-    for qid in queries:
-        rel = _relevant(qrels, qid)
-        found = sum(1 for doc in rank_documents(results.get(qid, {}), k) if doc in rel)
-        total += found / len(rel)
-    return total / len(queries)
+def _relevance(r: float, where: str) -> int:
+    if float(r) != int(r):
+        raise ValueError(f"{where}: relevance must be an integer (trec_eval's judgements are), got {r!r}")
+    return int(r)
 
 
 def ranking_metrics(results: Results, qrels: Qrels, k_values: Sequence[int] = (10, 100),
                     prefix: str = "") -> dict[str, float]:
-    """``{prefix}ndcg@k``, ``{prefix}mrr@k`` and ``{prefix}recall@k`` for every k in ``k_values``."""
+    """``{prefix}ndcg@k``, ``{prefix}mrr@k`` and ``{prefix}recall@k`` (in [0, 1]) for every k in ``k_values``.
+
+    Args:
+        results: the run, ``{qid: {docid: score}}`` (any number of documents per query).
+        qrels: the judgements, ``{qid: {docid: relevance}}`` with integer relevances.
+        k_values: the cut-offs.
+        prefix: put before every key (``sparse_``, ...).
+
+    The metrics are trec_eval's ``ndcg_cut.k``, ``recall.k`` and ``recip_rank`` of the run cut at k, by
+    ``pytrec_eval``, averaged as the module docstring says.
+    """
+    import pytrec_eval
+
+    if not k_values or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in k_values):
+        raise ValueError(f"ranking_metrics: k must be a positive integer, got {k_values!r}")
+    judged = {str(q): {str(d): _relevance(r, f"qrels[{q!r}][{d!r}]") for d, r in docs.items() if float(r) > 0}
+              for q, docs in qrels.items()}
+    judged = {q: docs for q, docs in judged.items() if docs}
+    if not judged:
+        raise ValueError("ranking_metrics: no query in qrels has a relevant document (relevance > 0)")
+    # One ranking per query (our tie rule), given to trec_eval as scores n, n-1, ... so it cannot re-break ties.
+    ranked = {str(q): [str(d) for d in rank_documents(scores)] for q, scores in results.items() if str(q) in judged}
+
+    def run(k: int | None) -> dict[str, dict[str, float]]:
+        return {q: {d: float(len(docs) - i) for i, d in enumerate(docs[:k])} for q, docs in ranked.items()}
+
+    def mean(per_query: dict[str, dict[str, float]], measure: str) -> float:
+        return sum(per_query.get(q, {}).get(measure, 0.0) for q in judged) / len(judged)
+
+    ks = ",".join(str(int(k)) for k in k_values)
+    cut = pytrec_eval.RelevanceEvaluator(judged, {f"ndcg_cut.{ks}", f"recall.{ks}"}).evaluate(run(None))
+    rr = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"})
     out: dict[str, float] = {}
     for k in k_values:
-        out[f"{prefix}ndcg@{k}"] = ndcg_at_k(results, qrels, k)
-        out[f"{prefix}mrr@{k}"] = mrr_at_k(results, qrels, k)
-        out[f"{prefix}recall@{k}"] = recall_at_k(results, qrels, k)
+        out[f"{prefix}ndcg@{k}"] = mean(cut, f"ndcg_cut_{k}")
+        out[f"{prefix}mrr@{k}"] = mean(rr.evaluate(run(int(k))), "recip_rank")
+        out[f"{prefix}recall@{k}"] = mean(cut, f"recall_{k}")
     return out

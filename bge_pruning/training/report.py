@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from ..evaluation.encoder import EmbeddingModel
 from ..evaluation.sts import evaluate_sts
 from ..shapes import EncoderShape, count_params
 from ..tables import format_rows
@@ -17,13 +16,14 @@ MAX_LENGTH = 512
 
 def sts_of_model(model: Any, pairs: Sequence[Any]) -> dict[str, float]:
     """Dense STS scores of a ``ComposerBGEM3`` as it is now (no masks), on its current device."""
+    from ..evaluation.encoder import EmbeddingModel  # imports sentence-transformers: only when a report is made
+
     device = next(model.backbone.parameters()).device
     was_training = model.backbone.training
-    # EmbeddingModel takes the backbone as it is: it is called with the tokenizer's outputs and returns the
-    # last hidden state.
-    enc = EmbeddingModel(model.backbone, model.tokenizer, pooling=model.pooling,
-                         normalize=model.normalize, max_length=min(MAX_LENGTH, model.tokenizer.model_max_length),
-                         device=device)
+    # The backbone as it is, inside a SentenceTransformer: called with the tokenizer's outputs, it returns the last
+    # hidden state.
+    enc = EmbeddingModel.from_model(model.backbone, model.tokenizer, pooling=model.pooling, normalize=model.normalize,
+                                    max_length=min(MAX_LENGTH, model.tokenizer.model_max_length), device=device)
     try:
         return evaluate_sts(enc, pairs, show_progress=False)
     finally:
@@ -31,6 +31,8 @@ def sts_of_model(model: Any, pairs: Sequence[Any]) -> dict[str, float]:
 
 
 def sts_of_export(export_dir: str | Path, pairs: Sequence[Any], max_length: int) -> dict[str, float]:
+    from ..evaluation.encoder import EmbeddingModel
+
     enc = EmbeddingModel.from_dir(export_dir, device="cuda" if torch.cuda.is_available() else "cpu",
                                   max_length=min(MAX_LENGTH, max_length))
     return evaluate_sts(enc, pairs, show_progress=False)
