@@ -101,7 +101,8 @@ def build_run_record(cfg: Any, model: ComposerBGEM3) -> dict[str, Any]:
     code = {name: files.pop(name) for name in list(files) if name.endswith(".py")}
     return {"format": RECORD_FORMAT, "config": OmegaConf.to_yaml(cfg), "earlier_configs": [],
             "hf_config": hf_config, "tokenizer": files, "code": code, "base_model": str(model.base_model),
-            "pruning_info": model.prior_pruning.to_json() if model.prior_pruning is not None else None, "vocab_record": model.vocab_record,
+            "pruning_info": model.prior_pruning.to_json() if model.prior_pruning is not None else None,
+            "vocab_record": model.vocab_record,
             "max_seq_length": model.max_seq_length}
 
 
