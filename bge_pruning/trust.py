@@ -18,9 +18,9 @@ import json
 from pathlib import Path
 
 from .errors import RemoteCodeError
+from .pruning_info import PRUNING_INFO_FILE
 
 MODELING_FILE = "modeling_pruned.py"
-PRUNING_INFO_FILE = "pruning_info.json"
 
 
 def shipped_modeling_source() -> bytes:

@@ -49,7 +49,7 @@ from typing import Any
 
 from ..baselines import LAYER_RULES
 from ..errors import BenchmarkError, UserError
-from ..pruning_info import PruningInfo
+from ..pruning_info import PRUNING_INFO_FILE, PruningInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
@@ -89,7 +89,16 @@ def scifact_scored(scifact_dir: Path) -> tuple[dict[str, str], dict[str, str], d
     return load_beir(str(scifact_dir), "train", ids=SCORED_IDS)
 
 
+def _export_info(model_dir: Path) -> PruningInfo:
+    """The ``pruning_info.json`` of a stage's export; a stage that ended without one is a BenchmarkError."""
+    info = PruningInfo.load(model_dir)
+    if info is None:
+        raise BenchmarkError(f"{model_dir / PRUNING_INFO_FILE}: missing; the stage did not export (see its train.out)")
+    return info
+
+
 # ====================================================================== numbers (pure functions)
+
 def retention(base: float | None, value: float | None) -> float | None:
     """``100 * value / base``, as ``bge_pruning.evaluation.report.retention``; None when either is missing."""
     from ..evaluation.report import retention as _retention
@@ -325,7 +334,7 @@ def _env(threads: int) -> dict[str, str]:
 
 
 def export_done(run_dir: Path) -> bool:
-    return (run_dir / "model" / "pruning_info.json").is_file() and (run_dir / "summary.json").is_file()
+    return (run_dir / "model" / PRUNING_INFO_FILE).is_file() and (run_dir / "summary.json").is_file()
 
 
 def train_stage(config: Path, run_dir: Path, threads: int, keep_checkpoints: bool) -> dict[str, Any]:
@@ -518,7 +527,7 @@ def run_one(args, model: BaseModel, name: str, method: str, target: int, rule: s
     train_seconds = 0.0
     for stage, run_dir, cfg in stages:
         is_builder = "keep_layers" in cfg
-        done = (run_dir / "model" / "pruning_info.json").is_file() if is_builder else export_done(run_dir)
+        done = (run_dir / "model" / PRUNING_INFO_FILE).is_file() if is_builder else export_done(run_dir)
         partial = run_dir.exists() and not done and any(run_dir.iterdir())
         if partial or (done and not args.skip_existing and not is_builder):
             if not args.overwrite:
@@ -546,11 +555,11 @@ def run_one(args, model: BaseModel, name: str, method: str, target: int, rule: s
         train_seconds += float(summary["train_seconds"])
 
     model_dir = final_dir / "model"
-    info = PruningInfo.load(model_dir)
+    info = _export_info(model_dir)
     params = info.exported_params
     shape_note = shape_label(info.achieved_shape)
     if method in ("l0", "l0_global"):
-        kept_layers = PruningInfo.load(out_dir / f"{tag}_prune" / "model").kept_layers
+        kept_layers = _export_info(out_dir / f"{tag}_prune" / "model").kept_layers
     if kept_layers is not None and len(kept_layers) < base_shape.n_layers:
         shape_note += f" (layers {','.join(map(str, kept_layers))})"
     return {"name": name, "method": method, "target": target, "layer_rule": rule, "seed": seed,

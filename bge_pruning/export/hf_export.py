@@ -28,7 +28,6 @@ from torch import nn
 
 from ..errors import MaskError
 from ..models.heads import COLBERT_FILE, SPARSE_FILE
-from ..models.masks import MASK_KEYS as ZS_KEYS
 from ..models.masks import validate_masks
 from ..pruning_info import PRUNING_INFO_FILE
 from ..trust import MODELING_FILE
@@ -54,13 +53,12 @@ from .plan import (
 )
 from .verify import ExportError, check_head_file, verify_reload
 from .write import (
-    WEIGHTS_FILE,
     build_pruning_info,
     check_info_keys,
     check_param_count,
+    export_max_seq_length,
     modeling_source,
     onnx_probes,
-    st_max_seq_length,
     write_heads,
     write_info_and_card,
     write_model_files,
@@ -68,8 +66,7 @@ from .write import (
 )
 
 __all__ = ["DEFAULT_ATOL", "DEFAULT_PROBE_TEXTS", "EXPORT_DTYPES", "MODELING_FILE", "PRUNING_INFO_FILE",
-           "WEIGHTS_FILE", "ZS_KEYS", "ExportError", "check_export_target", "export_composer_model",
-           "export_dtype_name", "export_pruned_model", "modeling_source"]
+           "ExportError", "check_export_target", "export_composer_model", "export_pruned_model", "modeling_source"]
 
 
 def export_pruned_model(
@@ -163,7 +160,7 @@ def export_pruned_model(
         stage = "writing the head files"
         heads_info = write_heads(tmp, sparse_head, colbert_head, dtype)
         stage = "writing the sentence-transformers files"
-        write_sentence_transformers(tmp, pooling, normalize, st_max_seq_length(plan.base_config, tokenizer,
+        write_sentence_transformers(tmp, pooling, normalize, export_max_seq_length(plan.base_config, tokenizer,
                                                                                 max_seq_length),
                                     trust_remote_code=plan.layout["custom"])
         write_wordpiece_vocab_txt(tmp)

@@ -143,12 +143,13 @@ def record_evaluation(export_dir: str | Path, rows: list[Mapping[str, Any]], sou
     beside it, then renamed), so a reader never sees half a file."""
     import os
 
+    from ..errors import ModelDirError
     from ..pruning_info import PRUNING_INFO_FILE, PruningInfo
 
     export_dir = Path(export_dir)
     info = PruningInfo.load(export_dir)
     if info is None:
-        raise FileNotFoundError(f"{export_dir / PRUNING_INFO_FILE}: not an export of this project")
+        raise ModelDirError(f"{export_dir / PRUNING_INFO_FILE}: not an export of this project")
     info.evaluation = {"source": source, "rows": [dict(r) for r in rows]}
     info.write(export_dir)
     card = export_dir / "README.md"

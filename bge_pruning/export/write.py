@@ -58,7 +58,7 @@ def write_heads(tmp: Path, sparse_head, colbert_head, dtype: str = "float32") ->
     return out
 
 
-def st_max_seq_length(config, tokenizer, max_seq_length: int | None = None) -> int:
+def export_max_seq_length(config, tokenizer, max_seq_length: int | None = None) -> int:
     """The export's sentence-transformers limit: the source model's ``max_seq_length`` (all-MiniLM-L6-v2's 256)
     when given, else the tokenizer's and the position embeddings' limit, whichever is smallest."""
     max_len = family_of(config).max_sequence_length(config)

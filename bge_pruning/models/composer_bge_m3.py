@@ -151,9 +151,8 @@ class ComposerBGEM3(ComposerModel):
         self.loss_cfg = dict(loss_cfg or {})
         self.base_model = base_model
         # pruning_info.json of a pruned model being finetuned (None for a plain model)
-        # (an empty mapping, as build_model passes for a plain base, is None too: no "pruned_by" on export)
         self.prior_pruning = (PruningInfo.from_json(prior_pruning) if isinstance(prior_pruning, Mapping)
-                              else prior_pruning) if prior_pruning else None
+                              else prior_pruning)
         self.vocab_record: dict[str, Any] | None = None  # set when model.vocab trimmed the vocabulary
         self.max_seq_length: int | None = None  # the source's sentence-transformers limit, kept on export
         self.unused_token_ids = special_token_ids(tokenizer)
@@ -519,7 +518,7 @@ def build_model(cfg: Any, hf_model: Any = None, tokenizer: Any = None, with_teac
     model = ComposerBGEM3(backbone, tokenizer, pooling=mcfg.pooling, normalize=bool(mcfg.normalize),
                           sparse_head=heads["sparse"], colbert_head=heads["colbert"], l0_module=l0, teacher=teacher,
                           loss_cfg=loss_cfg, base_model=base_info["base_model"],
-                          prior_pruning=base_info["pruning_info"] or {}, teacher_layers=teacher_layers,
+                          prior_pruning=base_info["pruning_info"], teacher_layers=teacher_layers,
                           layer_map=layer_map, teacher_heads=teacher_heads)
     model.vocab_record = vocab_record
     model.max_seq_length = base_info["max_seq_length"]

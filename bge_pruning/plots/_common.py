@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PlotError
+from ..pruning_info import PRUNING_INFO_FILE  # noqa: F401  (re-exported by bge_pruning.plots)
 
-PRUNING_INFO_FILE = "pruning_info.json"
 IMAGE_SUFFIXES = (".png", ".pdf", ".svg")
 ZS_KEYS = ("head_z", "intermediate_z", "layer_z")
 

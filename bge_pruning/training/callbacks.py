@@ -107,18 +107,16 @@ class NonFiniteLossGuard(NaNMonitor):
         return [("total", loss)]
 
     def after_loss(self, state: State, logger: Logger) -> None:
-        try:
-            super().after_loss(state, logger)  # Composer's NaN check (and its check of the loss's type)
-            nan = False
-        except RuntimeError:
-            nan = True
+        # isfinite covers NaN (what NaNMonitor looks for) and inf (what it does not); our error names the parts
+        # and the last good checkpoint. A finite loss still goes through NaNMonitor for its check of the loss type.
         bad = {k: v.item() if v.numel() == 1 else "non-finite" for k, v in self._parts(state.loss)
                if torch.is_tensor(v) and not torch.isfinite(v).all()}
-        if bad or nan:  # NaNMonitor found a NaN, or an inf it does not look for
+        if bad:
             step = int(state.timestamp.batch.value) + 1  # the step being computed (1-based)
-            shown = ", ".join(f"{k}={v}" for k, v in bad.items()) or "nan"
+            shown = ", ".join(f"{k}={v}" for k, v in bad.items())
             raise NonFiniteLossError(f"non-finite loss at step {step} ({shown}): training stopped before that "
-                                     f"step's update; {self._advice()}") from None
+                                     f"step's update; {self._advice()}")
+        super().after_loss(state, logger)
 
     def batch_end(self, state: State, logger: Logger) -> None:
         params = [(n, p) for n, p in _model(state).named_parameters()]
