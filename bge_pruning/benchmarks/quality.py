@@ -613,8 +613,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(MODELS), default="minilm")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    ap.add_argument("--steps-prune", type=int, default=400, help="L0 prune-stage steps (default 400)")
-    ap.add_argument("--steps-finetune", type=int, default=200, help="finetune steps after pruning (default 200); "
+    ap.add_argument("--steps-prune", type=int, default=300, help="L0 prune-stage steps (default 300)")
+    ap.add_argument("--steps-finetune", type=int, default=450, help="finetune steps after pruning (default 450); "
                     "reference and layer-drop train for prune + finetune steps")
     ap.add_argument("--batch-size", type=int, default=None, help="override the templates' batch size")
     ap.add_argument("--targets", type=int, nargs="+", default=[50],
