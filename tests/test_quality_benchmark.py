@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -275,3 +276,47 @@ def test_missing_data_is_a_clear_skip(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "skipping the quality benchmark" in err and "sts-dev.csv" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_report_only_collects_finished_runs_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    """Runs made by several processes at once (one per core) each rewrite results.json with their own runs;
+    --report-only rebuilds it from every finished run in --out-dir, trains nothing and lists the rest."""
+    sts = tmp_path / "sts"
+    sts.mkdir()
+    pairs = [("A man is playing a guitar.", "A man plays the guitar.", 4.8), ("A dog runs.", "A cat sleeps.", 0.4),
+             ("Two kids play football.", "Children are playing soccer.", 4.1), ("The sun is hot.", "I like tea.", 0.0),
+             ("A woman slices onions.", "A woman is cutting an onion.", 4.6), ("A car drives.", "A bird sings.", 0.8),
+             ("The market fell today.", "Stocks dropped on Monday.", 3.2), ("He reads a book.", "She reads.", 2.0)]
+    rows = "".join(f"main-captions\tMSRvid\t2012test\t{i:04d}\t{s:.3f}\t{a}\t{b}\n"
+                   for i, (a, b, s) in enumerate(pairs))
+    for split in ("dev", "train"):
+        (sts / f"sts-{split}.csv").write_text(rows)
+    out = tmp_path / "out"
+    init = out / "layer_drop_50_ends_init" / "model"
+    build_layer_drop("embedded:all-MiniLM-L6-v2", init, keep_layers=[0, 3, 5], pooling="mean")
+    shutil.copytree(init, out / "layer_drop_50_ends_s17" / "model")  # a finished run (here: not finetuned)
+    (out / "layer_drop_50_ends_s17" / "summary.json").write_text(json.dumps({"train_seconds": 2.5}))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--report-only started a training")
+
+    monkeypatch.setattr(bq, "train_stage", no_training)
+    argv = ["--report-only", "--no-retrieval", "--stsb-dir", str(sts), "--out-dir", str(out),
+            "--only", "l0_global_50", "layer_drop_50_ends", "--seeds", "17", "18"]
+    assert bq.main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [(r["name"], r["seed"]) for r in res["per_seed"]] == [("layer_drop_50_ends", 17)]
+    assert sorted(res["not_finished"]) == ["l0_global_50_s17", "l0_global_50_s18", "layer_drop_50_ends_s18"]
+    assert not (out / "l0_global_50_s17_prune").exists() and not (out / "layer_drop_50_ends_s18").exists()
+    # The collected score is the export's own evaluation, and the run's training time is its summary's.
+    from bge_pruning.data import load_sts
+
+    direct = bq.score_model(out / "layer_drop_50_ends_s17" / "model", load_sts(str(sts / "sts-dev.csv"), "dev"),
+                            None, None)
+    run = res["per_seed"][0]
+    assert run["spearman"] == pytest.approx(direct["spearman"], abs=1e-9) and run["train_seconds"] == 2.5
+    assert (out / "layer_drop_50_ends_s17" / "eval.json").is_file()
+    assert "not finished, left out of the table: " in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        bq.parse_args(["--report-only", "--overwrite"])
+    assert e.value.code == 2

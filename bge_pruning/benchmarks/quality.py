@@ -61,6 +61,10 @@ CHECK_TARGET = 50
 GLOBAL_MODULES = ("layer", "head", "intermediate", "head_layer", "mlp")
 
 
+class NotFinished(Exception):
+    """``--report-only``: a stage of this run has no finished export, so the run is left out (nothing is trained)."""
+
+
 @dataclass(frozen=True)
 class BaseModel:
     """A base encoder the benchmark prunes, and its settings."""
@@ -448,6 +452,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         plan = [p for p in plan if p[0] in args.only]
     runs: list[dict[str, Any]] = []
     failures: list[str] = []
+    missing: list[str] = []  # --report-only: runs with a stage not finished yet
     shapes = {t: candidate_shapes(base_shape, t / 100, min_layers=max(1, base_shape.n_layers // 2), step=64)[0]
               for t in args.targets}
     for seed in args.seeds:
@@ -456,6 +461,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
             try:
                 r = run_one(args, model, name, method, target, rule, seed, out_dir, base_shape, shapes.get(target))
                 r.update(score_model(r["export_dir"], dev_pairs, scifact, Path(r["run_dir"]) / "eval.json"))
+            except NotFinished as e:
+                print(f"  not finished, left out (--report-only): {e}", flush=True)
+                missing.append(f"{name}_s{seed}")
+                continue
             except BenchmarkError as e:
                 print(f"error: {e}", file=sys.stderr, flush=True)
                 failures.append(f"{name}_s{seed}")
@@ -464,9 +473,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
             print(f"  -> {r['shape']}  encoder {r['encoder_params']:,}  STS-B dev {r['spearman']:.2f}"
                   + ("" if scifact is None else f"  SciFact nDCG@10 {r['ndcg10']:.2f}")
                   + f"  ({r['train_seconds']:.0f}s training)", flush=True)
-            write_results(out_dir, runs, base, args, smoke, failures)
+            write_results(out_dir, runs, base, args, smoke, failures, missing)
 
-    results = write_results(out_dir, runs, base, args, smoke, failures)
+    results = write_results(out_dir, runs, base, args, smoke, failures, missing)
     print("\n" + format_table(results["rows"], base))
     print("\n" + "\n".join(verdict_lines(results["targets_check"])))
     if smoke:
@@ -480,6 +489,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
                 continue
             plot_pareto(out_dir / "results.json", out_dir / png, metric=metric)
             print(f"pareto plot: {out_dir / png}")
+    if missing:
+        print(f"\nnot finished, left out of the table: {', '.join(missing)}")
     if failures:
         print(f"\nfailed runs: {', '.join(failures)}", file=sys.stderr)
         return 1
@@ -528,6 +539,8 @@ def run_one(args, model: BaseModel, name: str, method: str, target: int, rule: s
     for stage, run_dir, cfg in stages:
         is_builder = "keep_layers" in cfg
         done = (run_dir / "model" / PRUNING_INFO_FILE).is_file() if is_builder else export_done(run_dir)
+        if args.report_only and not done:
+            raise NotFinished(f"{run_dir} has no finished export")
         partial = run_dir.exists() and not done and any(run_dir.iterdir())
         if partial or (done and not args.skip_existing and not is_builder):
             if not args.overwrite:
@@ -569,7 +582,7 @@ def run_one(args, model: BaseModel, name: str, method: str, target: int, rule: s
             "configs": [str(out_dir / "configs" / f"{s}.yaml") for s, _, c in stages if "keep_layers" not in c]}
 
 
-def write_results(out_dir: Path, runs, base, args, smoke: bool, failures) -> dict[str, Any]:
+def write_results(out_dir: Path, runs, base, args, smoke: bool, failures, missing=()) -> dict[str, Any]:
     model = MODELS[args.model]
     aggregated = aggregate(runs)
     rows = annotate(aggregated, base)
@@ -592,6 +605,7 @@ def write_results(out_dir: Path, runs, base, args, smoke: bool, failures) -> dic
                      "finetune_overrides": list(args.finetune_override)},
         "targets_check": check_targets(aggregated, base, args.check_target, model.min_delta),
         "failed": list(failures),
+        "not_finished": list(missing),
     }
     (out_dir / "results.json").write_text(json.dumps(_json_safe(results), indent=2) + "\n")
     return results
@@ -628,6 +642,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-retrieval", action="store_true", help="score STS-B dev only (no SciFact)")
     ap.add_argument("--only", nargs="+", default=None, metavar="RUN", help="run only these runs of the plan")
     ap.add_argument("--skip-existing", action="store_true", help="reuse stages whose export and summary exist")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: rebuild results.json, the table and the plots from the finished runs in "
+                         "--out-dir (as after runs made by several processes at once) and list the unfinished ones")
     ap.add_argument("--overwrite", action="store_true", help="delete and retrain stages whose directory exists")
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep the Composer .pt checkpoints")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
@@ -646,6 +663,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--steps-prune and --steps-finetune must be >= 1 and --batch-size >= 2")
     if not 0 < args.lagrangian_warmup <= 1:
         ap.error(f"--lagrangian-warmup must be in (0, 1], got {args.lagrangian_warmup}")
+    if args.report_only and args.overwrite:
+        ap.error("--report-only trains nothing, so it cannot --overwrite")
+    args.skip_existing = args.skip_existing or args.report_only
     if args.out_dir is None:
         args.out_dir = ROOT / "experiments" / f"quality_v2_{args.model}"
     return args
