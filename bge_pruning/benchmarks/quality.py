@@ -61,10 +61,6 @@ CHECK_TARGET = 50
 GLOBAL_MODULES = ("layer", "head", "intermediate", "head_layer", "mlp")
 
 
-class NotFinished(Exception):
-    """``--report-only``: a stage of this run has no finished export, so the run is left out (nothing is trained)."""
-
-
 @dataclass(frozen=True)
 class BaseModel:
     """A base encoder the benchmark prunes, and its settings."""
@@ -460,11 +456,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
             print(f"\n== {name} seed {seed} ({method}, target {target}%)", flush=True)
             try:
                 r = run_one(args, model, name, method, target, rule, seed, out_dir, base_shape, shapes.get(target))
+                if r is None:  # --report-only, and a stage of this run has not finished
+                    missing.append(f"{name}_s{seed}")
+                    continue
                 r.update(score_model(r["export_dir"], dev_pairs, scifact, Path(r["run_dir"]) / "eval.json"))
-            except NotFinished as e:
-                print(f"  not finished, left out (--report-only): {e}", flush=True)
-                missing.append(f"{name}_s{seed}")
-                continue
             except BenchmarkError as e:
                 print(f"error: {e}", file=sys.stderr, flush=True)
                 failures.append(f"{name}_s{seed}")
@@ -498,8 +493,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
 
 def run_one(args, model: BaseModel, name: str, method: str, target: int, rule: str | None, seed: int, out_dir: Path,
-            base_shape, shape) -> dict[str, Any]:
-    """Train (or reuse with --skip-existing) every stage of one run at one seed."""
+            base_shape, shape) -> dict[str, Any] | None:
+    """Train (or reuse with --skip-existing) every stage of one run at one seed; with --report-only, None when a
+    stage has not finished (nothing is trained)."""
     total = args.steps_prune + args.steps_finetune
     tag = f"{name}_s{seed}"
     common = dict(teacher=model.name_or_path, pooling=model.pooling, batch_size=args.batch_size)
@@ -540,7 +536,8 @@ def run_one(args, model: BaseModel, name: str, method: str, target: int, rule: s
         is_builder = "keep_layers" in cfg
         done = (run_dir / "model" / PRUNING_INFO_FILE).is_file() if is_builder else export_done(run_dir)
         if args.report_only and not done:
-            raise NotFinished(f"{run_dir} has no finished export")
+            print(f"  not finished, left out (--report-only): {run_dir} has no finished export", flush=True)
+            return None
         partial = run_dir.exists() and not done and any(run_dir.iterdir())
         if partial or (done and not args.skip_existing and not is_builder):
             if not args.overwrite:
